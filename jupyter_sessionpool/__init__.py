@@ -1,0 +1,46 @@
+"""jupyter_sessionpool: a pool of real Jupyter kernels handed out by session.
+
+Session ``a`` always gets the same kernel, with its state; different sessions run at the
+same time. See README.md for the quickstart.
+"""
+
+from ._version import __version__
+from .errors import (
+    CheckoutTimeout,
+    ExecutionError,
+    ExecutionTimeout,
+    KernelDied,
+    KernelStartError,
+    PoolClosed,
+    PoolError,
+    ProtocolError,
+    SessionLost,
+)
+from .execution import ExecutionResult
+from .pool import AsyncKernelPool, Lease
+from .stats import KernelStats, PoolStats, WaitingCheckout
+from .sync import KernelPool, SyncLease
+
+__all__ = [
+    # pools
+    "AsyncKernelPool",
+    "KernelPool",
+    "Lease",
+    "SyncLease",
+    # results and snapshots
+    "ExecutionResult",
+    "PoolStats",
+    "KernelStats",
+    "WaitingCheckout",
+    # errors
+    "PoolError",
+    "CheckoutTimeout",
+    "ExecutionTimeout",
+    "ExecutionError",
+    "KernelDied",
+    "SessionLost",
+    "KernelStartError",
+    "PoolClosed",
+    "ProtocolError",
+    "__version__",
+]

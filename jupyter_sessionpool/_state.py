@@ -1,0 +1,349 @@
+"""The pool's bookkeeping: kernel states, session bindings, the FIFO of waiting checkouts.
+
+Nothing here does I/O or awaits. Each transition is a method named for the event
+(``checkout``, ``started``, ``start_failed``, ``checkin``, ``died``, ``removed``,
+``release``, ``expire``, ``close``) that changes the books and returns :class:`Effects`:
+the kernels to start or stop and the waiters to wake. The pool applies those effects
+outside, so no decision ever waits on a kernel.
+
+States of a kernel slot::
+
+    STARTING --started--> IDLE --checkout--> BUSY --checkin--> IDLE
+    STARTING --start_failed--> (removed)
+    IDLE/BUSY --died--> DEAD --removed--> (gone)
+    IDLE/BUSY --release/expire/discard/close--> STOPPING --removed--> (gone)
+
+Session rules: a named session is bound to one kernel from its first checkout until it is
+released, expires or loses its kernel; a kernel that served a named session is never
+bound to another. Anonymous leases take kernels no session is bound to, and a kernel
+that served one never goes to a named session. When a bound session loses its kernel
+without being released, the callers queued on it get ``SessionLost``, or if none are
+queued the session's next checkout does, once.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import KernelStartError, PoolClosed, SessionLost
+
+
+class KernelState(str, enum.Enum):
+    """Where a kernel slot is in its life."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+    STOPPING = "stopping"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One kernel as the books see it. ``handle`` is the pool's kernel object, opaque here."""
+
+    kernel_id: str
+    state: KernelState = KernelState.STARTING
+    session: str | None = None
+    anonymous: bool = False
+    executions: int = 0
+    busy_since: float | None = None
+    last_used: float | None = None
+    handle: Any = None
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A checkout waiting for a kernel. ``future`` belongs to the pool, untouched here."""
+
+    session: str | None
+    since: float
+    future: Any = None
+
+
+@dataclass
+class Effects:
+    """What a transition asks the pool to do once the books are updated."""
+
+    granted: list[tuple[Waiter, Slot]] = field(default_factory=list)
+    failed: list[tuple[Waiter, BaseException]] = field(default_factory=list)
+    start: list[Slot] = field(default_factory=list)
+    stop: list[tuple[Slot, bool]] = field(default_factory=list)  # (slot, kill now)
+    retry_at: float | None = None  # run ``settle`` again at this time (start back-off)
+
+
+_BACKOFF_BASE = 0.2
+_BACKOFF_MAX = 5.0
+
+
+class Books:
+    """The pool's state machine. Call only from one thread (the pool's event loop)."""
+
+    def __init__(
+        self,
+        max_kernels: int,
+        min_idle: int,
+        start_retries: int,
+        kernel_name: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.max_kernels = max_kernels
+        self.min_idle = min_idle
+        self.start_retries = start_retries
+        self.kernel_name = kernel_name
+        self.clock = clock
+        self.slots: dict[str, Slot] = {}
+        self.bound: dict[str, Slot] = {}
+        self.lost: dict[str, str] = {}
+        self.waiters: deque[Waiter] = deque()
+        self.closed = False
+        self.counters = dict.fromkeys(("started", "start_failures", "died", "checkouts", "timeouts", "released"), 0)
+        self._failures = 0
+        self._backoff_until = 0.0
+        self._prewarm_suspended = False
+        self._ids = itertools.count(1)
+        self._pool_tag = uuid.uuid4().hex[:6]
+
+    # ---- transitions ------------------------------------------------------------
+
+    def checkout(self, session: str | None, future: Any = None) -> tuple[Waiter, Effects]:
+        """A caller asks for a kernel. The waiter may be granted within the returned effects."""
+        if self.closed:
+            raise PoolClosed()
+        if session is not None and session in self.lost:
+            raise SessionLost(session, self.lost.pop(session))
+        waiter = Waiter(session, self.clock(), future)
+        self.waiters.append(waiter)
+        self._prewarm_suspended = False
+        return waiter, self.settle()
+
+    def cancel(self, waiter: Waiter) -> Effects:
+        """A waiting caller gave up (timeout or cancellation)."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+        return self.settle()
+
+    def started(self, slot: Slot) -> Effects:
+        """A kernel answered its health check: STARTING -> IDLE."""
+        if slot.state is not KernelState.STARTING:
+            return self.settle()
+        slot.state = KernelState.IDLE
+        slot.last_used = self.clock()
+        self.counters["started"] += 1
+        self._failures = 0
+        return self.settle()
+
+    def start_failed(self, slot: Slot, error: Exception) -> Effects:
+        """A kernel failed to start: drop it, back off, and fail waiters once retries are spent."""
+        self.slots.pop(slot.kernel_id, None)
+        self.counters["start_failures"] += 1
+        self._failures += 1
+        fx = Effects()
+        if self._failures > self.start_retries:
+            if isinstance(error, KernelStartError):
+                error.attempts = self._failures
+            for w in [w for w in self.waiters if self._needs_new_kernel(w)]:
+                self.waiters.remove(w)
+                fx.failed.append((w, error))
+            self._failures = 0
+            self._prewarm_suspended = True
+        else:
+            self._backoff_until = self.clock() + min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (self._failures - 1))
+        return self.settle(fx)
+
+    def checkin(self, slot: Slot, discard: str | None = None) -> Effects:
+        """The lease holder is done: BUSY -> IDLE, or -> STOPPING when ``discard`` names why."""
+        if slot.state is not KernelState.BUSY:
+            return self.settle()  # already dead or being stopped; nothing to return
+        slot.busy_since = None
+        slot.last_used = self.clock()
+        if discard is None:
+            slot.state = KernelState.IDLE
+            return self.settle()
+        fx = Effects()
+        self._unbind(slot, lost=discard, fx=fx)
+        self._stop(slot, now=True, fx=fx)
+        return self.settle(fx)
+
+    def died(self, slot: Slot) -> Effects:
+        """An idle or busy kernel's process exited on its own (a starting one fails its start instead)."""
+        if slot.state not in (KernelState.IDLE, KernelState.BUSY) or slot.kernel_id not in self.slots:
+            return self.settle()
+        fx = Effects()
+        slot.state = KernelState.DEAD
+        slot.busy_since = None
+        self.counters["died"] += 1
+        self._unbind(slot, lost="its kernel died", fx=fx)
+        return self.settle(fx)
+
+    def removed(self, slot: Slot) -> Effects:
+        """A stopped or dead kernel is fully cleaned up: forget it."""
+        self.slots.pop(slot.kernel_id, None)
+        return self.settle()
+
+    def release(self, session: str, reason: str = "released") -> tuple[bool, Effects]:
+        """Unbind ``session`` and stop its kernel (killing a running cell); queued callers get SessionLost."""
+        fx = Effects()
+        slot = self.bound.get(session)
+        self.lost.pop(session, None)
+        queued = [w for w in self.waiters if w.session == session]
+        for w in queued:
+            self.waiters.remove(w)
+            fx.failed.append((w, SessionLost(session, reason)))
+        if slot is None:
+            return bool(queued), self.settle(fx)
+        self.counters["released"] += 1
+        self._unbind(slot, lost=None, fx=fx)
+        self._stop(slot, now=slot.state is KernelState.BUSY, fx=fx)
+        return True, self.settle(fx)
+
+    def restart(self, session: str) -> tuple[bool, Effects]:
+        """Give ``session`` a fresh kernel on its next call; callers already queued get it too."""
+        slot = self.bound.get(session)
+        if slot is None:
+            return False, self.settle()
+        fx = Effects()
+        self._unbind(slot, lost=None, fx=fx)
+        self._stop(slot, now=slot.state is KernelState.BUSY, fx=fx)
+        return True, self.settle(fx)
+
+    def expire(self, session: str, idle_for: float) -> Effects:
+        """Release ``session`` if it has been idle for at least ``idle_for`` seconds."""
+        slot = self.bound.get(session)
+        if slot is None or slot.state is not KernelState.IDLE or slot.last_used is None:
+            return self.settle()
+        if self.clock() - slot.last_used < idle_for:
+            return self.settle()
+        if any(w.session == session for w in self.waiters):
+            return self.settle()
+        return self.release(session, reason="idle timeout")[1]
+
+    def close(self) -> Effects:
+        """Shut everything: fail all waiters with PoolClosed and stop every kernel."""
+        fx = Effects()
+        self.closed = True
+        while self.waiters:
+            fx.failed.append((self.waiters.popleft(), PoolClosed()))
+        for slot in list(self.slots.values()):
+            if slot.state in (KernelState.IDLE, KernelState.BUSY, KernelState.STARTING):
+                if slot.session is not None:
+                    self.bound.pop(slot.session, None)
+                self._stop(slot, now=slot.state is KernelState.BUSY, fx=fx)
+        return fx
+
+    # ---- the one place decisions are made -----------------------------------------
+
+    def settle(self, fx: Effects | None = None) -> Effects:
+        """Grant free kernels to waiters in FIFO order, then plan starts for what is missing."""
+        fx = fx or Effects()
+        if self.closed:
+            return fx
+        pending: deque[Waiter] = deque()
+        for w in self.waiters:
+            slot = self._pick(w.session)
+            if slot is None:
+                pending.append(w)
+            else:
+                self._lend(slot, w.session)
+                fx.granted.append((w, slot))
+        self.waiters = pending
+        self._plan(fx)
+        return fx
+
+    def _pick(self, session: str | None) -> Slot | None:
+        if session is not None and session in self.bound:
+            slot = self.bound[session]
+            return slot if slot.state is KernelState.IDLE else None
+        best = None
+        for slot in self.slots.values():
+            if slot.state is not KernelState.IDLE or slot.session is not None:
+                continue
+            if session is None and slot.anonymous:
+                return slot  # reuse an anonymous kernel first: keep fresh ones for sessions
+            if not slot.anonymous and best is None:
+                best = slot
+        return best
+
+    def _lend(self, slot: Slot, session: str | None) -> None:
+        slot.state = KernelState.BUSY
+        slot.busy_since = self.clock()
+        self.counters["checkouts"] += 1
+        if session is None:
+            slot.anonymous = True
+        else:
+            slot.session = session
+            self.bound[session] = slot
+
+    def _needs_new_kernel(self, w: Waiter) -> bool:
+        if w.session is not None:
+            return w.session not in self.bound
+        return not any(
+            s.anonymous and s.session is None and s.state is KernelState.BUSY for s in self.slots.values()
+        )
+
+    def _plan(self, fx: Effects) -> None:
+        new_sessions = {w.session for w in self.waiters if w.session is not None and w.session not in self.bound}
+        anonymous = sum(1 for w in self.waiters if w.session is None and self._needs_new_kernel(w))
+        demand = len(new_sessions) + anonymous
+        states = [s.state for s in self.slots.values()]
+        starting = states.count(KernelState.STARTING)
+        fresh = self.fresh_idle()
+        prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh - max(0, starting - demand))
+        need = max(0, demand - starting) + prewarm
+        if need == 0:
+            return
+        if self.clock() < self._backoff_until:
+            fx.retry_at = self._backoff_until
+            return
+        capacity = self.max_kernels - (len(states) - states.count(KernelState.DEAD))
+        for slot in list(self.slots.values()):  # make room for real demand by evicting spent anonymous kernels
+            if capacity >= min(need, max(0, demand - starting)):
+                break
+            if slot.state is KernelState.IDLE and slot.anonymous and slot.session is None:
+                self._stop(slot, now=False, fx=fx)
+        for _ in range(min(need, capacity)):
+            slot = Slot(kernel_id=f"{self._pool_tag}-{next(self._ids)}-{uuid.uuid4().hex[:8]}")
+            self.slots[slot.kernel_id] = slot
+            fx.start.append(slot)
+
+    @property
+    def prewarm_suspended(self) -> bool:
+        """True after a start failed past its retries, until the next checkout asks again."""
+        return self._prewarm_suspended
+
+    def fresh_idle(self) -> int:
+        """Idle kernels no session or anonymous lease has touched."""
+        return sum(
+            1
+            for s in self.slots.values()
+            if s.state is KernelState.IDLE and s.session is None and not s.anonymous
+        )
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _unbind(self, slot: Slot, lost: str | None, fx: Effects) -> None:
+        """Detach a slot's session; with ``lost``, tell the session its state is gone."""
+        session = slot.session
+        if session is None or self.bound.get(session) is not slot:
+            return
+        del self.bound[session]
+        if lost is None:
+            return
+        queued = [w for w in self.waiters if w.session == session]
+        for w in queued:
+            self.waiters.remove(w)
+            fx.failed.append((w, SessionLost(session, lost)))
+        if not queued:
+            self.lost[session] = lost
+
+    def _stop(self, slot: Slot, now: bool, fx: Effects) -> None:
+        slot.state = KernelState.STOPPING
+        slot.busy_since = None
+        fx.stop.append((slot, now))

@@ -1,0 +1,134 @@
+"""The pool's settings, declared once as traitlets so ``%config`` and config files work.
+
+``AsyncKernelPool`` and ``KernelPool`` both inherit :class:`PoolSettings`, so
+``c.KernelPool.max_kernels = 8`` (or ``%config KernelPool.max_kernels = 8``) configures
+the blocking pool and ``c.AsyncKernelPool.max_kernels`` the async one. Every value is
+validated when set, and the error names the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from traitlets import Dict, Enum, Float, Int, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+_MAX_SESSION_LEN = 200
+
+
+def check_session(session: Any) -> str | None:
+    """Return ``session`` if it is a usable session name (or None), else raise.
+
+    A name is 1–200 printable characters; None means an anonymous lease.
+    """
+    if session is None:
+        return None
+    if not isinstance(session, str):
+        raise TypeError(f"session must be a str or None, not {type(session).__name__} ({session!r})")
+    if not session or not session.strip():
+        raise ValueError("session name must not be empty; pass session=None for an anonymous kernel")
+    if len(session) > _MAX_SESSION_LEN:
+        raise ValueError(f"session name is {len(session)} characters long; the limit is {_MAX_SESSION_LEN}")
+    if not session.isprintable():
+        raise ValueError(f"session name {session!r} contains control characters")
+    return session
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float | None:
+    """Return ``value`` as a float of seconds (or None for no limit), else raise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__} ({value!r})")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def _positive_or_none(name: str, value: Any) -> Any:
+    if value is not None:
+        check_timeout(value, name)
+    return value
+
+
+class PoolSettings(LoggingConfigurable):
+    """Every setting of a kernel pool; see each trait's help."""
+
+    kernel_name = Unicode("python3", help="Kernelspec every pooled kernel is started from.").tag(config=True)
+    max_kernels = Int(4, help="Most kernels alive at once (running, idle or starting).").tag(config=True)
+    min_idle = Int(
+        0, help="Fresh kernels kept started and ready for instant checkout (0: start lazily)."
+    ).tag(config=True)
+    checkout_timeout = Float(
+        60.0, allow_none=True, help="Seconds a checkout waits for a free kernel before CheckoutTimeout; None waits forever."
+    ).tag(config=True)
+    execution_timeout = Float(
+        None, allow_none=True, help="Default seconds a cell may run before it is interrupted; None: no limit."
+    ).tag(config=True)
+    interrupt_timeout = Float(
+        5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel is replaced."
+    ).tag(config=True)
+    startup_timeout = Float(60.0, help="Seconds a kernel has to start and answer kernel_info.").tag(config=True)
+    start_retries = Int(
+        2, help="Extra attempts after a kernel fails to start, with back-off, before KernelStartError."
+    ).tag(config=True)
+    shutdown_timeout = Float(
+        5.0, help="Seconds a kernel has to exit after a shutdown request before it is killed."
+    ).tag(config=True)
+    session_idle_timeout = Float(
+        None, allow_none=True, help="Seconds a session may stay idle before it is released; None: never."
+    ).tag(config=True)
+    env = Dict(
+        {}, help="Extra environment variables for kernels, on top of this process's environment."
+    ).tag(config=True)
+    cwd = Unicode(None, allow_none=True, help="Working directory of the kernels; None: this process's.").tag(
+        config=True
+    )
+    transport = Enum(
+        ["ipc", "tcp"],
+        "ipc",
+        help="ZeroMQ transport. ipc (a socket per kernel in a private directory) cannot race for ports; "
+        "use tcp for kernels that do not support ipc.",
+    ).tag(config=True)
+
+    @validate("max_kernels")
+    def _check_max(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise ValueError(f"max_kernels must be at least 1, got {proposal.value}")
+        return proposal.value
+
+    @validate("min_idle", "start_retries")
+    def _check_non_negative(self, proposal: Any) -> int:
+        if proposal.value < 0:
+            raise ValueError(f"{proposal.trait.name} must be 0 or more, got {proposal.value}")
+        return proposal.value
+
+    @validate(
+        "checkout_timeout",
+        "execution_timeout",
+        "interrupt_timeout",
+        "startup_timeout",
+        "shutdown_timeout",
+        "session_idle_timeout",
+    )
+    def _check_seconds(self, proposal: Any) -> Any:
+        return _positive_or_none(proposal.trait.name, proposal.value)
+
+    @validate("kernel_name")
+    def _check_kernel_name(self, proposal: Any) -> str:
+        if not proposal.value:
+            raise ValueError("kernel_name must name a kernelspec, e.g. 'python3'")
+        return proposal.value
+
+    def __init__(self, **kwargs: Any) -> None:
+        known = set(self.class_trait_names()) | {"parent", "config", "log"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            settings = ", ".join(sorted(self.class_trait_names(config=True)))
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; the settings are: {settings}")
+        super().__init__(**kwargs)
+
+    def settings(self) -> dict[str, Any]:
+        """The current value of every configurable setting."""
+        return {name: getattr(self, name) for name in self.class_trait_names(config=True)}

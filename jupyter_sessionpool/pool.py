@@ -1,0 +1,460 @@
+"""AsyncKernelPool: kernels handed out by session, and the Lease a caller holds.
+
+The pool object only keeps books (``_state.Books``) and applies their effects by
+spawning tasks: starting, stopping and recovering kernels happen in those tasks, and a
+cell's round trip happens in the caller's own task through its :class:`Lease`. So a slow
+cell never delays another session's checkout, execution or check-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from traitlets import observe
+
+from . import execution
+from ._state import Books, Effects, KernelState, Slot, Waiter
+from .config import PoolSettings, check_session, check_timeout
+from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError
+from .execution import ExecutionResult, OutputCallback
+from .kernel import PooledKernel
+from .stats import PoolStats, snapshot
+
+Subscriber = Callable[[PoolStats], Any]
+_UNSET: Any = object()
+
+
+def check_kernelspec(name: str) -> None:
+    """Raise ValueError naming the installed kernelspecs if ``name`` is not one."""
+    ksm = KernelSpecManager()
+    try:
+        ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        installed = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        raise ValueError(f"no kernelspec named {name!r}; installed: {installed}") from None
+
+
+class Lease:
+    """A kernel held by one caller until the ``async with`` block ends.
+
+    The holder runs code with :meth:`execute` (or talks to :attr:`client` directly) and
+    waits for replies itself. On exit the kernel is checked in; if the block was left
+    mid-cell (cancelled, or an exception from ``on_output``) the cell is interrupted first,
+    and a kernel that died, timed out past its interrupt or broke protocol is discarded.
+    """
+
+    def __init__(self, pool: AsyncKernelPool, slot: Slot) -> None:
+        self._pool = pool
+        self._slot = slot
+        self._kernel: PooledKernel = slot.handle
+        self._inflight: execution.Execution | None = None
+        self._discard: str | None = None
+        self._returned = False
+
+    @property
+    def kernel_id(self) -> str:
+        return self._slot.kernel_id
+
+    @property
+    def session(self) -> str | None:
+        return self._slot.session
+
+    @property
+    def pid(self) -> int | None:
+        return self._kernel.pid
+
+    @property
+    def client(self) -> Any:
+        """The kernel's ``jupyter_client`` AsyncKernelClient (use it on the pool's event loop)."""
+        return self._kernel.client
+
+    async def execute(
+        self, code: str, timeout: float | None = None, on_output: OutputCallback | None = None
+    ) -> ExecutionResult:
+        """Run ``code`` on this kernel and wait for the whole result.
+
+        ``timeout`` (seconds; default ``execution_timeout``) interrupts the cell, then
+        replaces the kernel if it does not stop within ``interrupt_timeout``. Raises
+        ExecutionTimeout, KernelDied or ProtocolError; user exceptions are results.
+        """
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        timeout = check_timeout(timeout)
+        if on_output is not None and not callable(on_output):
+            raise TypeError(f"on_output must be callable, not {type(on_output).__name__}")
+        if self._returned:
+            raise PoolError("this lease was already returned to the pool; check out a kernel again")
+        if self._inflight is not None:
+            raise PoolError("this lease is already running a cell; wait for it or use another session")
+        if timeout is None:
+            timeout = self._pool.execution_timeout
+        if self._discard is not None or not self._kernel.alive:
+            raise KernelDied(self.kernel_id, self.session)
+        run = self._inflight = execution.Execution(self._kernel, code, on_output)
+        try:
+            result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
+        except ExecutionTimeout as exc:
+            self._pool._count("timeouts")
+            if exc.restarted:
+                self._discard = "its cell timed out and ignored the interrupt"
+            self._inflight = None
+            raise
+        except KernelDied as exc:
+            self._discard, self._inflight = "its kernel died", None
+            if self._pool._books.closed:
+                raise PoolClosed("the pool was shut down while this cell ran") from exc
+            raise
+        except ProtocolError:
+            self._discard, self._inflight = "its kernel broke the messaging protocol", None
+            raise
+        self._inflight = None
+        self._slot.executions += 1
+        return result
+
+    async def interrupt(self) -> None:
+        """Interrupt the cell running on this kernel."""
+        await self._kernel.interrupt()
+
+    def _return(self) -> None:
+        """Give the kernel back (sync: runs even while the holder is being cancelled)."""
+        if self._returned:
+            return
+        self._returned = True
+        if self._discard is None and self._inflight is not None:
+            self._pool._recover(self._slot, self._inflight)
+        else:
+            self._pool._checkin(self._slot, self._discard)
+
+
+class _Checkout:
+    def __init__(self, pool: AsyncKernelPool, session: str | None, timeout: Any) -> None:
+        self._pool = pool
+        self._session = check_session(session)
+        self._timeout = pool.checkout_timeout if timeout is _UNSET else check_timeout(timeout, "timeout")
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._pool._acquire(self._session, self._timeout)
+        return self._lease
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._lease is not None:
+            self._lease._return()
+
+
+class AsyncKernelPool(PoolSettings):
+    """A pool of Jupyter kernels handed out by session, for asyncio code.
+
+    Use it as ``async with AsyncKernelPool(max_kernels=4) as pool`` (or call
+    :meth:`start` and :meth:`shutdown`). All methods run on the event loop that started
+    the pool; the bookkeeping ones (:meth:`stats`, :meth:`subscribe`, :meth:`sessions`)
+    are plain functions.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_kernelspec(self.kernel_name)
+        self._books = Books(self.max_kernels, self.min_idle, self.start_retries, self.kernel_name, time.monotonic)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dir: Path | None = None
+        self._context: zmq.asyncio.Context | None = None
+        self._subscribers: list[Subscriber] = []
+        self._tasks: dict[Slot, asyncio.Task[None]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._retry: asyncio.TimerHandle | None = None
+        self._ready_waiters: list[asyncio.Future[None]] = []
+        self._last_start_error: BaseException | None = None
+        self._closed: asyncio.Future[None] | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> AsyncKernelPool:
+        """Bind the pool to the running loop and begin prewarming ``min_idle`` kernels."""
+        if self._books.closed:
+            raise PoolClosed()
+        if self._loop is not None:
+            return self
+        self._loop = asyncio.get_running_loop()
+        self._dir = Path(tempfile.mkdtemp(prefix="jsp-"))  # 0700, short: ipc paths stay < 107 bytes
+        atexit.register(shutil.rmtree, self._dir, True)
+        self._context = zmq.asyncio.Context()
+        self._apply(self._books.settle())
+        return self
+
+    async def __aenter__(self) -> AsyncKernelPool:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until ``min_idle`` fresh kernels are idle (raises KernelStartError if they cannot start)."""
+        await self.start()
+        if self._books.fresh_idle() >= self.min_idle:
+            return
+        fut = self._loop.create_future()
+        self._ready_waiters.append(fut)
+        await asyncio.wait_for(fut, check_timeout(timeout))
+
+    async def shutdown(self) -> None:
+        """Stop every kernel: shutdown request, then kill after ``shutdown_timeout``. Idempotent."""
+        if self._loop is None:
+            self._books.closed = True
+            return
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            for timer in [*self._timers.values(), self._retry]:
+                if timer is not None:
+                    timer.cancel()
+            self._apply(self._books.close())
+            self._fail_ready(PoolClosed())
+            while self._tasks:
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._context.destroy(linger=0)
+            shutil.rmtree(self._dir, ignore_errors=True)
+            atexit.unregister(shutil.rmtree)
+            self._closed.set_result(None)
+        await self._closed
+
+    # ---- checkout and execute ------------------------------------------------------------
+
+    def checkout(self, session: str | None = None, timeout: float | None = _UNSET) -> _Checkout:
+        """``async with pool.checkout("a") as lease``: hold session a's kernel for the block.
+
+        Waits up to ``timeout`` (default ``checkout_timeout``) for the kernel, then raises
+        CheckoutTimeout naming the holders. Raises SessionLost once after the session's
+        kernel was lost, KernelStartError if no kernel could start, PoolClosed after shutdown.
+        """
+        return _Checkout(self, session, timeout)
+
+    async def execute(
+        self,
+        code: str,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` on ``session``'s kernel (any free kernel if None) and return the result.
+
+        ``on_output`` is called on the pool's loop with each nbformat output as it arrives.
+        """
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        timeout = check_timeout(timeout)
+        async with self.checkout(session) as lease:
+            return await lease.execute(code, timeout=timeout, on_output=on_output)
+
+    async def _acquire(self, session: str | None, timeout: float | None) -> Lease:
+        await self.start()
+        fut = self._loop.create_future()
+        waiter, fx = self._books.checkout(session, fut)
+        self._apply(fx)
+        if not fut.done():
+            try:
+                await asyncio.wait([fut], timeout=timeout)
+            except BaseException:  # cancelled while waiting: give back what may just have been granted
+                self._abandon(waiter, fut)
+                raise
+            if not fut.done():
+                self._abandon(waiter, fut)
+                self._count("timeouts")
+                raise CheckoutTimeout(session, timeout or 0.0, self._holders())
+        return Lease(self, fut.result())
+
+    def _abandon(self, waiter: Waiter, fut: asyncio.Future[Slot]) -> None:
+        if not fut.done():
+            fut.cancel()
+            self._apply(self._books.cancel(waiter))
+        elif not fut.cancelled() and fut.exception() is None:
+            self._checkin(fut.result())
+
+    def _holders(self) -> dict[str, str | None]:
+        return {s.kernel_id: s.session for s in self._books.slots.values() if s.state is KernelState.BUSY}
+
+    # ---- sessions ----------------------------------------------------------------------------
+
+    def sessions(self) -> list[str]:
+        """Names of the sessions that hold a kernel now."""
+        return list(self._books.bound)
+
+    async def release(self, session: str) -> bool:
+        """Shut down ``session``'s kernel (killing a running cell); False if it held none."""
+        session = check_session(session)
+        released, fx = self._books.release(session)
+        await self._apply_and_wait(fx)
+        return released
+
+    async def restart(self, session: str) -> bool:
+        """Replace ``session``'s kernel with a fresh one on its next call; False if it held none."""
+        session = check_session(session)
+        restarted, fx = self._books.restart(session)
+        await self._apply_and_wait(fx)
+        return restarted
+
+    async def interrupt(self, session: str) -> bool:
+        """Interrupt the cell running on ``session``'s kernel; False if it holds none."""
+        slot = self._books.bound.get(check_session(session))
+        if slot is None or slot.handle is None:
+            return False
+        await slot.handle.interrupt()
+        return True
+
+    # ---- observation ------------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A snapshot of every kernel, the waiting checkouts and the counters."""
+        return snapshot(self._books, self.kernel_name)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(stats)`` on the pool's loop after every change; returns the unsubscribe."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    @observe("max_kernels", "min_idle", "start_retries")
+    def _settings_changed(self, change: dict[str, Any]) -> None:
+        if "_books" not in self.__dict__:
+            return  # still in __init__: the books are built from the final values
+        setattr(self._books, change["name"], change["new"])
+        if self._loop is not None and not self._books.closed:
+            self._apply(self._books.settle())
+
+    # ---- applying effects (sync: never awaits) ----------------------------------------
+
+    def _apply(self, fx: Effects) -> None:
+        for waiter, slot in fx.granted:
+            if waiter.future.done():  # its caller gave up at this very moment
+                self._checkin(slot)
+            else:
+                waiter.future.set_result(slot)
+        for waiter, error in fx.failed:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        for slot in fx.start:
+            self._spawn(slot, self._start(slot))
+        for slot, now in fx.stop:
+            self._spawn(slot, self._stop(slot, now))
+        if fx.retry_at is not None and self._retry is None:
+            delay = max(0.0, fx.retry_at - time.monotonic())
+            self._retry = self._loop.call_later(delay, self._retry_starts)
+        if self._ready_waiters and self._books.fresh_idle() >= self.min_idle:
+            for fut in self._ready_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._ready_waiters.clear()
+        if self._subscribers:
+            stats = self.stats()
+            for callback in list(self._subscribers):
+                try:
+                    callback(stats)
+                except Exception:
+                    self.log.exception("pool subscriber %r failed", callback)
+
+    def _spawn(self, slot: Slot, coro: Any) -> None:
+        previous = self._tasks.get(slot)
+        task = asyncio.ensure_future(self._after(previous, coro) if previous else coro)
+        self._tasks[slot] = task
+        task.add_done_callback(lambda t, s=slot: self._tasks.get(s) is t and self._tasks.pop(s))
+
+    @staticmethod
+    async def _after(previous: asyncio.Task[None], coro: Any) -> None:
+        previous.cancel()
+        await asyncio.gather(previous, return_exceptions=True)
+        await coro
+
+    async def _apply_and_wait(self, fx: Effects) -> None:
+        self._apply(fx)
+        stopping = [self._tasks[slot] for slot, _ in fx.stop if slot in self._tasks]
+        if stopping:
+            await asyncio.gather(*stopping, return_exceptions=True)
+
+    def _retry_starts(self) -> None:
+        self._retry = None
+        self._apply(self._books.settle())
+
+    def _checkin(self, slot: Slot, discard: str | None = None) -> None:
+        self._apply(self._books.checkin(slot, discard))
+        if slot.session and slot.state is KernelState.IDLE and self.session_idle_timeout:
+            self._arm_expiry(slot.session, self.session_idle_timeout)
+
+    def _arm_expiry(self, session: str, delay: float) -> None:
+        if session not in self._timers:
+            self._timers[session] = self._loop.call_later(delay, self._expire, session)
+
+    def _expire(self, session: str) -> None:
+        del self._timers[session]
+        slot = self._books.bound.get(session)
+        if slot is None:
+            return
+        self._apply(self._books.expire(session, self.session_idle_timeout))
+        if self._books.bound.get(session) is slot and slot.last_used is not None:
+            remaining = slot.last_used + self.session_idle_timeout - time.monotonic()
+            self._arm_expiry(session, max(remaining, 0.01))
+
+    def _count(self, counter: str) -> None:
+        self._books.counters[counter] += 1
+
+    def _fail_ready(self, error: BaseException) -> None:
+        for fut in self._ready_waiters:
+            if not fut.done():
+                fut.set_exception(error)
+        self._ready_waiters.clear()
+
+    # ---- tasks that do the kernels' I/O ---------------------------------------------------
+
+    async def _start(self, slot: Slot) -> None:
+        kernel = PooledKernel(
+            slot.kernel_id,
+            self.kernel_name,
+            self._dir,
+            self._context,
+            transport=self.transport,
+            env={str(k): str(v) for k, v in self.env.items()},
+            cwd=self.cwd,
+            on_exit=lambda _k: self._on_exit(slot),
+        )
+        slot.handle = kernel
+        try:
+            await kernel.start(self.startup_timeout)
+        except Exception as exc:
+            error = exc if isinstance(exc, PoolError) else PoolError(str(exc))
+            self.log.warning("kernel %s failed to start: %s", slot.kernel_id, error)
+            self._apply(self._books.start_failed(slot, error))
+            if self._books.prewarm_suspended:
+                self._fail_ready(error)
+            return
+        self._apply(self._books.started(slot))
+
+    async def _stop(self, slot: Slot, now: bool) -> None:
+        try:
+            if slot.handle is not None:
+                await slot.handle.shutdown(self.shutdown_timeout, now=now)
+        finally:
+            self._apply(self._books.removed(slot))
+
+    def _on_exit(self, slot: Slot) -> None:
+        if slot.state in (KernelState.IDLE, KernelState.BUSY):
+            self.log.warning("kernel %s (session %s) died", slot.kernel_id, slot.session)
+            self._apply(self._books.died(slot))
+            self._spawn(slot, self._stop(slot, now=True))
+
+    def _recover(self, slot: Slot, run: execution.Execution) -> None:
+        async def recover() -> None:
+            stopped = await execution.stop(run, self.interrupt_timeout)
+            self._checkin(slot, None if stopped else "its cell was abandoned and did not stop")
+
+        self._spawn(slot, recover())

@@ -1,0 +1,220 @@
+"""KernelPool: the blocking face of AsyncKernelPool, for scripts and notebooks.
+
+The async pool lives on one private event-loop thread; each method hands its coroutine
+to that loop and blocks for the answer. The caller's own event loop, if any (a running
+Jupyter kernel, a coroutine calling sync code), is never touched or patched.
+Callbacks (``on_output``, ``subscribe``) run on the pool's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import weakref
+from typing import Any, Callable, Coroutine, TypeVar
+
+from traitlets import observe
+
+from .config import PoolSettings
+from .execution import ExecutionResult, OutputCallback
+from .pool import _UNSET, AsyncKernelPool, Lease
+from .stats import PoolStats
+
+T = TypeVar("T")
+_live: weakref.WeakSet[KernelPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for pool in list(_live):
+        pool.shutdown()
+
+
+class SyncLease:
+    """A kernel held by a blocking caller for the ``with`` block; see :class:`Lease`."""
+
+    def __init__(self, pool: KernelPool, session: str | None, timeout: Any) -> None:
+        self._pool = pool
+        self._checkout = pool._async.checkout(session, timeout)
+        self._lease: Lease | None = None
+        self._client: Any = None
+
+    def __enter__(self) -> SyncLease:
+        self._lease = self._pool._run(self._checkout.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.stop_channels()
+        self._pool._call(self._lease._return)
+
+    @property
+    def kernel_id(self) -> str:
+        return self._lease.kernel_id
+
+    @property
+    def session(self) -> str | None:
+        return self._lease.session
+
+    @property
+    def pid(self) -> int | None:
+        return self._lease.pid
+
+    @property
+    def client(self) -> Any:
+        """A ``jupyter_client`` BlockingKernelClient on this kernel, made on first use."""
+        if self._client is None:
+            from jupyter_client.blocking import BlockingKernelClient
+
+            self._client = BlockingKernelClient()
+            self._client.load_connection_info(self._lease._kernel.km.get_connection_info(session=True))
+            self._client.start_channels(stdin=False, hb=False)
+        return self._client
+
+    def execute(self, code: str, timeout: float | None = None, on_output: OutputCallback | None = None) -> ExecutionResult:
+        """Run ``code`` on this kernel and block for the result; see :meth:`Lease.execute`."""
+        return self._pool._run(self._lease.execute(code, timeout=timeout, on_output=on_output))
+
+    def interrupt(self) -> None:
+        """Interrupt the cell running on this kernel."""
+        self._pool._run(self._lease.interrupt())
+
+
+class KernelPool(PoolSettings):
+    """A pool of Jupyter kernels handed out by session, for blocking code.
+
+    Same settings and methods as :class:`AsyncKernelPool`, minus ``await``::
+
+        with KernelPool(max_kernels=4) as pool:
+            pool.execute("x = 41", session="a")
+            assert pool.execute("x + 1", session="a").result == "42"
+
+    A ``KeyboardInterrupt`` while a call blocks cancels it the way asyncio cancellation
+    does (the remote cell is interrupted) and is re-raised.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._async = AsyncKernelPool(parent=self.parent, **self.settings())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    # ---- the private loop ------------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def main() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.close()
+
+                self._thread = threading.Thread(target=main, name="jupyter-sessionpool", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+        return self._loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._ensure_loop()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a blocking KernelPool call was made from the pool's own thread "
+                               "(inside on_output or a subscriber); use the AsyncKernelPool there")
+        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            fut.cancel()
+            raise
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a plain (non-blocking) function on the pool's thread and return its value."""
+        if self._loop is None or threading.current_thread() is self._thread:
+            return fn(*args)
+
+        async def call() -> T:
+            return fn(*args)
+
+        return self._run(call())
+
+    @observe("max_kernels", "min_idle", "start_retries", "checkout_timeout", "execution_timeout",
+             "interrupt_timeout", "startup_timeout", "shutdown_timeout", "session_idle_timeout")
+    def _forward(self, change: dict[str, Any]) -> None:
+        if "_async" in self.__dict__:
+            self._call(setattr, self._async, change["name"], change["new"])
+
+    # ---- the API ------------------------------------------------------------------------------
+
+    def start(self) -> KernelPool:
+        """Start the pool's thread and begin prewarming ``min_idle`` kernels."""
+        self._run(self._async.start())
+        return self
+
+    def __enter__(self) -> KernelPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until ``min_idle`` fresh kernels are idle."""
+        self._run(self._async.wait_ready(timeout))
+
+    def execute(
+        self,
+        code: str,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` on ``session``'s kernel and block for the result; see :meth:`AsyncKernelPool.execute`."""
+        return self._run(self._async.execute(code, session=session, timeout=timeout, on_output=on_output))
+
+    def checkout(self, session: str | None = None, timeout: float | None = _UNSET) -> SyncLease:
+        """``with pool.checkout("b") as lease``: hold session b's kernel for the block."""
+        return SyncLease(self, session, timeout)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of every kernel, the waiting checkouts and the counters."""
+        return self._call(self._async.stats)
+
+    def subscribe(self, callback: Callable[[PoolStats], Any]) -> Callable[[], None]:
+        """Call ``callback(stats)`` on the pool's thread after every change; returns the unsubscribe."""
+        unsubscribe = self._call(self._async.subscribe, callback)
+        return lambda: self._call(unsubscribe)
+
+    def sessions(self) -> list[str]:
+        """Names of the sessions that hold a kernel now."""
+        return self._call(self._async.sessions)
+
+    def release(self, session: str) -> bool:
+        """Shut down ``session``'s kernel; False if it held none."""
+        return self._run(self._async.release(session))
+
+    def restart(self, session: str) -> bool:
+        """Give ``session`` a fresh kernel on its next call; False if it held none."""
+        return self._run(self._async.restart(session))
+
+    def interrupt(self, session: str) -> bool:
+        """Interrupt the cell running on ``session``'s kernel; False if it holds none."""
+        return self._run(self._async.interrupt(session))
+
+    def shutdown(self) -> None:
+        """Stop every kernel and the pool's thread. Idempotent."""
+        loop = self._loop
+        if loop is None or not self._thread.is_alive():
+            self._call(lambda: setattr(self._async._books, "closed", True))
+            return
+        if threading.current_thread() is not self._thread:
+            self._run(self._async.shutdown())
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(10)
+        _live.discard(self)
