@@ -1,0 +1,28 @@
+# Two commands for a new user: `make demo` and `make test`. Each sets up what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test test-fast lab bench soak chromium clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## four sessions run a one-second cell at once
+	$(BIN)/python examples/demo.py
+
+chromium:  ## Debian's Chromium for the browser tests (installed as root when missing)
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: $(STAMP) chromium  ## the whole suite: real kernels, real JupyterLab, real Chromium
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## everything but the browser tests
+	$(BIN)/python -m pytest -m "not browser"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,78 @@
+"""Shared fixtures: isolated Jupyter paths, pools that always shut down, and an orphan check.
+
+Every process this test run starts inherits ``JSP_TEST_RUN=<id>``; when the session ends,
+any process still carrying it (a kernel, a lab server, a helper script) is reported as an
+orphan, killed, and fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+RUN_ID = uuid.uuid4().hex
+_SCRATCH = Path(tempfile.mkdtemp(prefix="jsp-test-"))
+os.environ["JSP_TEST_RUN"] = RUN_ID
+os.environ["JUPYTER_RUNTIME_DIR"] = str(_SCRATCH / "runtime")
+os.environ["IPYTHONDIR"] = str(_SCRATCH / "ipython")
+os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+TEST_KERNELS = Path(__file__).parent / "kernels"
+
+
+def processes_of_this_run() -> list[tuple[int, str]]:
+    """(pid, command line) of every live process started by this test run, except pytest."""
+    marker = f"JSP_TEST_RUN={RUN_ID}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue  # a zombie is already dead; its parent reaps it
+        except OSError:
+            continue
+        found.append((int(entry), cmd))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans():
+    """Fail the run if any process it started outlives it."""
+    yield
+    left = [(pid, cmd) for pid, cmd in processes_of_this_run() if "chromium" not in cmd and "chrome" not in cmd]
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if left:
+        listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in left)
+        pytest.fail(f"{len(left)} process(es) outlived the test run:\n{listing}", pytrace=False)
+
+
+@pytest.fixture
+def kernel_dir(tmp_path, monkeypatch):
+    """A JUPYTER_PATH with our purpose-built test kernelspecs (crashing, hanging, ...)."""
+    kernels = tmp_path / "share" / "kernels"
+    kernels.mkdir(parents=True)
+    for spec in TEST_KERNELS.glob("*.json"):
+        name = spec.stem
+        (kernels / name).mkdir()
+        text = spec.read_text().replace("{python}", sys.executable).replace("{here}", str(TEST_KERNELS))
+        (kernels / name / "kernel.json").write_text(text)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+    return kernels
