@@ -24,5 +24,12 @@ test: $(STAMP) chromium  ## the whole suite: real kernels, real JupyterLab, real
 test-fast: $(STAMP)  ## everything but the browser tests
 	$(BIN)/python -m pytest -m "not browser"
 
+lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
+	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=examples
+
+bench: $(STAMP)  ## benchmarks against raw jupyter_client and the peers; writes docs/benchmarks.md
+	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info
