@@ -64,25 +64,29 @@ class Inbox:
         self._pending[self._socks[channel].recv_multipart()] = channel
 
     async def next(self, deadline: float | None) -> tuple[str, dict[str, Any]] | None:
-        """The next (channel, message), or None when ``deadline`` (monotonic) passes first."""
-        if not self._pending:
-            self._arm("shell")
-            self._arm("iopub")
-        for fut, channel in list(self._pending.items()):
-            if fut.done():
-                return self._take(fut, channel)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        """The next (channel, message), or None when ``deadline`` (monotonic) passes first.
+
+        Raises KernelExited as soon as the kernel's process has ended.
+        """
         exited = self._kernel.exited
-        done, _ = await asyncio.wait([*self._pending, exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for fut in done:
-            if fut in self._pending:
-                return self._take(fut, self._pending[fut])
-        if exited.done():
-            raise KernelExited(exited.result())
-        return None
+        while True:
+            if exited.done():
+                raise KernelExited(exited.result())
+            if not self._pending:
+                self._arm("shell")
+                self._arm("iopub")
+            for fut, channel in list(self._pending.items()):
+                if fut.done():
+                    return self._take(fut, channel)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait([*self._pending, exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return None
 
     def _take(self, fut: Any, channel: str) -> tuple[str, dict[str, Any]]:
         del self._pending[fut]
+        if fut.cancelled() or fut.exception() is not None:
+            raise ProtocolError(f"kernel {self._kernel.kernel_id[:8]}'s {channel} socket failed: {fut!r}")
         self._arm(channel)
         frames = fut.result()
         try:
@@ -271,8 +275,6 @@ class PooledKernel:
                     await asyncio.wait_for(asyncio.shield(self.exited), timeout)
                 except TimeoutError:
                     pass
-            if self.client is not None:
-                self.client.stop_channels()
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)  # kills if still alive, removes connection + ipc files
         finally:
@@ -280,7 +282,9 @@ class PooledKernel:
             if self._poller is not None:
                 self._poller.cancel()
             if not self.exited.done():
-                self.exited.set_result(None)
+                self.exited.set_result(None)  # before closing sockets: readers see the exit, not a socket error
+            if self.client is not None:
+                self.client.stop_channels()
             if self._log is not None:
                 self._log.close()
             self._log_path.unlink(missing_ok=True)

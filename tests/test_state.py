@@ -1,0 +1,309 @@
+"""The bookkeeping state machine alone: every state and transition, no kernels, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_sessionpool._state import Books, KernelState, Slot
+from jupyter_sessionpool.errors import KernelStartError, PoolClosed, SessionLost
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def books(clock: Clock, max_kernels: int = 2, min_idle: int = 0, start_retries: int = 1) -> Books:
+    return Books(max_kernels, min_idle, start_retries, "python3", clock)
+
+
+def start_all(b: Books, fx) -> list[Slot]:
+    """Play the pool's part: every slot the effects asked to start comes up."""
+    started = list(fx.start)
+    for slot in started:
+        b.started(slot)
+    return started
+
+
+# ---- checkout ------------------------------------------------------------------------
+
+
+def test_lazy_pool_starts_nothing_until_asked(clock):
+    b = books(clock)
+    assert b.settle().start == []
+    waiter, fx = b.checkout("a")
+    assert len(fx.start) == 1 and fx.start[0].state is KernelState.STARTING
+    assert list(b.waiters) == [waiter]
+
+
+def test_started_kernel_goes_to_the_waiter_and_binds_the_session(clock):
+    b = books(clock)
+    waiter, fx = b.checkout("a")
+    (slot,) = fx.start
+    fx = b.started(slot)
+    assert fx.granted == [(waiter, slot)]
+    assert slot.state is KernelState.BUSY and slot.session == "a" and b.bound["a"] is slot
+    assert b.counters["started"] == 1 and b.counters["checkouts"] == 1
+
+
+def test_idle_bound_kernel_is_granted_at_once(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.checkin(slot)
+    assert slot.state is KernelState.IDLE
+    waiter, fx = b.checkout("a")
+    assert fx.granted == [(waiter, slot)] and fx.start == []
+
+
+def test_same_session_queues_fifo_on_its_own_kernel(clock):
+    b = books(clock, max_kernels=4)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    w2, fx2 = b.checkout("a")
+    w3, fx3 = b.checkout("a")
+    assert fx2.granted == [] and fx3.granted == [] and fx2.start == [] and fx3.start == []
+    assert b.checkin(slot).granted == [(w2, slot)]
+    assert b.checkin(slot).granted == [(w3, slot)]
+
+
+def test_different_sessions_get_different_kernels(clock):
+    b = books(clock, max_kernels=2)
+    _, fa = b.checkout("a")
+    _, fb = b.checkout("b")
+    a, bb = start_all(b, fa) + start_all(b, fb)
+    assert a is not bb and b.bound == {"a": a, "b": bb}
+
+
+def test_never_more_than_max_kernels(clock):
+    b = books(clock, max_kernels=2)
+    b.checkout("a")
+    b.checkout("b")
+    _, fx = b.checkout("c")
+    assert fx.start == [] and len(b.slots) == 2 and len(b.waiters) == 3
+
+
+def test_anonymous_lease_reuses_anonymous_kernels_and_keeps_fresh_ones_for_sessions(clock):
+    b = books(clock, max_kernels=2, min_idle=1)
+    (fresh,) = start_all(b, b.settle())
+    w, fx = b.checkout(None)
+    assert fx.granted == [(w, fresh)] and fresh.anonymous
+    (second,) = start_all(b, fx)  # min_idle refills
+    b.checkin(fresh)
+    w2, fx2 = b.checkout(None)
+    assert fx2.granted == [(w2, fresh)], "anonymous leases reuse the spent anonymous kernel"
+    w3, fx3 = b.checkout("a")
+    assert fx3.granted == [(w3, second)]
+
+
+def test_a_kernel_that_served_anonymously_never_goes_to_a_named_session(clock):
+    b = books(clock, max_kernels=1)
+    _, fx = b.checkout(None)
+    (slot,) = start_all(b, fx)
+    b.checkin(slot)
+    waiter, fx = b.checkout("a")
+    assert fx.granted == []
+    assert fx.stop == [(slot, False)], "the spent anonymous kernel is evicted to make room"
+    fx = b.removed(slot)
+    (fresh,) = start_all(b, fx)
+    assert fresh is not slot and b.bound["a"] is fresh
+
+
+def test_cancelled_waiter_is_forgotten(clock):
+    b = books(clock, max_kernels=1)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    waiter, _ = b.checkout("b")
+    b.cancel(waiter)
+    assert list(b.waiters) == []
+
+
+# ---- check-in --------------------------------------------------------------------------
+
+
+def test_checkin_with_discard_stops_the_kernel_and_marks_the_session_lost(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    fx = b.checkin(slot, discard="its cell timed out")
+    assert fx.stop == [(slot, True)] and slot.state is KernelState.STOPPING
+    with pytest.raises(SessionLost, match="timed out"):
+        b.checkout("a")
+    _, fx = b.checkout("a")  # only once
+    assert fx.granted == [] and "a" not in b.lost
+
+
+def test_discard_fails_callers_already_queued_on_the_session(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    queued, _ = b.checkout("a")
+    fx = b.checkin(slot, discard="its kernel died")
+    assert [(w, type(e)) for w, e in fx.failed] == [(queued, SessionLost)]
+    assert "a" not in b.lost, "queued callers were told; the next new call is not told again"
+
+
+def test_checkin_of_a_slot_already_stopping_is_ignored(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.release("a")
+    assert b.checkin(slot).stop == []
+    assert slot.state is KernelState.STOPPING
+
+
+# ---- death -----------------------------------------------------------------------------------
+
+
+def test_idle_death_marks_dead_and_the_next_call_hears_session_lost(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.checkin(slot)
+    b.died(slot)
+    assert slot.state is KernelState.DEAD and b.counters["died"] == 1
+    b.removed(slot)
+    with pytest.raises(SessionLost, match="died"):
+        b.checkout("a")
+
+
+def test_dead_kernel_does_not_count_against_max_kernels(clock):
+    b = books(clock, max_kernels=1)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.died(slot)
+    _, fx = b.checkout("b")
+    assert len(fx.start) == 1
+
+
+def test_death_of_a_stopping_or_starting_kernel_is_not_a_death(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (starting,) = fx.start
+    assert b.died(starting).stop == [] and starting.state is KernelState.STARTING
+    b.started(starting)
+    b.release("a")
+    b.died(starting)
+    assert b.counters["died"] == 0
+
+
+def test_min_idle_refills_after_death(clock):
+    b = books(clock, max_kernels=2, min_idle=1)
+    (slot,) = start_all(b, b.settle())
+    fx = b.died(slot)
+    assert len(fx.start) == 1
+
+
+# ---- start failures -------------------------------------------------------------------------
+
+
+def test_start_failure_backs_off_then_fails_waiters_after_retries(clock):
+    b = books(clock, max_kernels=2, start_retries=1)
+    waiter, fx = b.checkout("a")
+    (slot,) = fx.start
+    error = KernelStartError("python3", "boom", "stderr tail")
+    fx = b.start_failed(slot, error)
+    assert fx.failed == [] and fx.start == [] and fx.retry_at == pytest.approx(100.2)
+    clock.now = 100.3
+    (retry,) = b.settle().start
+    fx = b.start_failed(retry, error)
+    assert fx.failed == [(waiter, error)] and error.attempts == 2
+    assert b.counters["start_failures"] == 2 and b.slots == {}
+
+
+def test_failed_starts_do_not_disturb_sessions_that_have_kernels(clock):
+    b = books(clock, max_kernels=2, start_retries=0)
+    _, fx = b.checkout("a")
+    (a,) = start_all(b, fx)
+    queued_a, _ = b.checkout("a")
+    waiter_b, fx = b.checkout("b")
+    fx = b.start_failed(fx.start[0], KernelStartError("python3", "boom"))
+    assert [w for w, _ in fx.failed] == [waiter_b]
+    assert b.checkin(a).granted == [(queued_a, a)]
+
+
+def test_prewarm_stops_after_failures_until_the_next_checkout(clock):
+    b = books(clock, max_kernels=2, min_idle=1, start_retries=0)
+    (slot,) = b.settle().start
+    b.start_failed(slot, KernelStartError("python3", "boom"))
+    assert b.prewarm_suspended and b.settle().start == []
+    _, fx = b.checkout("a")
+    assert not b.prewarm_suspended and len(fx.start) == 2  # the session's kernel and the prewarm
+
+
+# ---- release, restart, expiry, close --------------------------------------------------------
+
+
+def test_release_stops_the_kernel_and_never_reuses_it(clock):
+    b = books(clock, max_kernels=1)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.checkin(slot)
+    released, fx = b.release("a")
+    assert released and fx.stop == [(slot, False)] and "a" not in b.bound
+    assert b.counters["released"] == 1
+    _, fx = b.checkout("b")
+    assert fx.granted == [] and fx.start == []  # the stopping kernel still occupies the only place
+    (fresh,) = start_all(b, b.removed(slot))
+    assert fresh is not slot and b.bound == {"b": fresh}
+
+
+def test_release_of_a_busy_session_kills_it_and_fails_its_queue(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    queued, _ = b.checkout("a")
+    _, fx = b.release("a")
+    assert fx.stop == [(slot, True)]
+    assert [(w, str(e)) for w, e in fx.failed] == [(queued, str(SessionLost("a", "released")))]
+    assert "a" not in b.lost
+
+
+def test_release_of_an_unknown_session_is_false(clock):
+    assert books(clock).release("nope")[0] is False
+
+
+def test_restart_gives_the_session_a_fresh_kernel_without_session_lost(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.checkin(slot)
+    restarted, fx = b.restart("a")
+    assert restarted and fx.stop == [(slot, False)]
+    _, fx = b.checkout("a")
+    assert len(fx.start) == 1
+
+
+def test_expire_releases_only_sessions_idle_long_enough(clock):
+    b = books(clock)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    b.checkin(slot)
+    clock.now += 5
+    assert b.expire("a", idle_for=10).stop == []
+    clock.now += 6
+    assert b.expire("a", idle_for=10).stop == [(slot, False)]
+
+
+def test_close_fails_waiters_and_stops_everything(clock):
+    b = books(clock, max_kernels=1)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    waiter, _ = b.checkout("b")
+    fx = b.close()
+    assert [(w, type(e)) for w, e in fx.failed] == [(waiter, PoolClosed)]
+    assert fx.stop == [(slot, True)]
+    with pytest.raises(PoolClosed):
+        b.checkout("a")
+
+
+def test_every_state_is_reachable_and_named():
+    assert [s.value for s in KernelState] == ["starting", "idle", "busy", "dead", "stopping"]
