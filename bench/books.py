@@ -1,0 +1,83 @@
+"""Item 6: the bookkeeping alone, checkout + check-in through ``Books`` with fake kernels."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable
+
+from _common import Section, Stats, Target, percentile
+
+from jupyter_sessionpool._state import Books
+
+METHOD = """\
+`Books` (the pool's pure state machine) with no kernels: slots are marked started by
+hand. One operation is `checkout(session)` (granted at once) followed by `checkin(slot)`,
+single thread. Throughput: {batches} batches of {ops:,} operations, each batch timed as
+a whole; the table gives the median batch and the slowest. Latency: {ops:,} operations
+each timed alone. Variants: one bound session on a 4-kernel book; anonymous leases on a
+4-kernel book; 64 bound sessions on a 64-kernel book, used round-robin (`settle()` looks
+at every kernel, so its cost grows with their number)."""
+
+VARIANTS = {  # name: (kernels in the book, sessions used round-robin)
+    "1 session, 4 kernels": (4, ["a"]),
+    "anonymous, 4 kernels": (4, [None]),
+    "64 sessions, 64 kernels": (64, [f"s{i}" for i in range(64)]),
+}
+
+
+def operation(kernels: int, sessions: list[str | None]) -> Callable[[], None]:
+    """A checkout + check-in on a book whose fake kernels are started and already bound to ``sessions``."""
+    books = Books(max_kernels=kernels, min_idle=0, start_retries=2, kernel_name="python3", clock=time.monotonic)
+    for session in sessions:
+        _, fx = books.checkout(session)
+        for slot in fx.start:
+            fx = books.started(slot)
+        books.checkin(fx.granted[0][1])
+    turn = itertools.cycle(sessions)
+
+    def op() -> None:
+        _, fx = books.checkout(next(turn))
+        books.checkin(fx.granted[0][1])
+
+    return op
+
+
+def throughput(op: Callable[[], None], ops: int, batches: int) -> list[float]:
+    """Operations per second of each batch."""
+    rates = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(ops):
+            op()
+        rates.append(ops / (time.perf_counter() - t0))
+    return rates
+
+
+def latencies(op: Callable[[], None], ops: int) -> list[float]:
+    """Seconds of each operation, timed alone."""
+    out = []
+    clock = time.perf_counter
+    for _ in range(ops):
+        t0 = clock()
+        op()
+        out.append(clock() - t0)
+    return out
+
+
+async def measure(quick: bool) -> Section:
+    ops, batches = (2_000, 3) if quick else (20_000, 9)
+    section = Section("books", "6. Bookkeeping alone (`Books`, no kernels)", METHOD.format(ops=ops, batches=batches))
+    rows = []
+    for name, (kernels, sessions) in VARIANTS.items():
+        op = operation(kernels, sessions)
+        throughput(op, ops // 10, 1)  # warm-up
+        rates = throughput(op, ops, batches)
+        lat = latencies(op, ops)
+        section.raw[name] = {"ops_per_s": rates, "latency_s": lat}
+        p50 = percentile(rates, 50)
+        rows.append([name, f"{p50:,.0f}", f"{min(rates):,.0f}",
+                     f"{Stats.of(lat).p50 * 1e6:.1f}", f"{Stats.of(lat).p99 * 1e6:.1f}"])
+        section.targets.append(Target(f"checkout+check-in per second ({name})", p50, 50_000, "/s", higher_better=True))
+    section.table(["variant", "ops/s median batch", "ops/s slowest batch", "p50 µs/op", "p99 µs/op"], rows)
+    return section

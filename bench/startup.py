@@ -1,0 +1,124 @@
+"""Items 4 and 5: cold start to ready/first result, and a new session's first result on a prewarmed pool."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import zmq.asyncio
+from _common import STATS_HEADERS, Parts, Section, Stats, Target, interleaved, raw_execute, raw_kernel, stats_rows
+from jupyter_client.manager import AsyncKernelManager
+
+from jupyter_sessionpool import AsyncKernelPool
+from jupyter_sessionpool.kernel import PooledKernel
+
+METHOD = """\
+Four variants, interleaved, {reps} rounds after {warmup} warm-up round(s); set-up and
+clean-up (kernel shutdown, waiting for a prewarmed replacement) are untimed, so no
+kernel starts in the background while another variant is timed.
+*jupyter_client*: a default `AsyncKernelManager` (tcp), `start_kernel()` → `client()` →
+`start_channels()` → `wait_for_ready()` (*ready*), then one `pass` round trip (*first
+result*). *PooledKernel.start*: the pool's kernel start alone (launch + `kernel_info`
+reply + a live iopub message, no trailing 0.2 s flush). *lazy pool*: an entered
+`AsyncKernelPool(max_kernels=1)` with no kernel yet; time from `pool.execute("pass",
+session="a")` to its result. *prewarmed*: `AsyncKernelPool(max_kernels=2, min_idle=1)`
+with its idle kernel ready; `pool.execute("pass", session=<new name>)`, split into
+checkout of the new session and the first cell; the session is then released and the
+replacement awaited (untimed)."""
+
+WHY_COLD_MISSED = ""  # filled in from profiling when the target is missed
+
+
+async def jupyter_client_start() -> Parts:
+    """Default jupyter_client: ready, and first result, both from before start_kernel()."""
+    km = AsyncKernelManager(kernel_name="python3")
+    kc = None
+    try:
+        t0 = time.perf_counter()
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        t_ready = time.perf_counter()
+        await raw_execute(kc, "pass")
+        t_first = time.perf_counter()
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    return Parts({"jupyter_client ready": t_ready - t0, "jupyter_client first result": t_first - t0,
+            "jupyter_client first cell alone": t_first - t_ready})
+
+
+async def pooled_kernel_start(runtime: Path, context: zmq.asyncio.Context) -> Parts:
+    """PooledKernel.start alone."""
+    kernel = PooledKernel(f"bench-{os.urandom(4).hex()}", "python3", runtime, context)
+    try:
+        t0 = time.perf_counter()
+        await kernel.start(60)
+        return Parts({"PooledKernel.start": time.perf_counter() - t0})
+    finally:
+        await kernel.shutdown(now=True)
+
+
+async def lazy_pool_first_result() -> Parts:
+    """Checkout on an empty lazy pool to the first result."""
+    async with AsyncKernelPool(max_kernels=1) as pool:
+        t0 = time.perf_counter()
+        await pool.execute("pass", session="a")
+        return Parts({"lazy pool first result": time.perf_counter() - t0})
+
+
+async def measure(quick: bool) -> Section:
+    reps, warmup = (2, 1) if quick else (12, 1)
+    section = Section("startup", "4–5. Cold start, and a new session's first result on a prewarmed pool",
+                      METHOD.format(reps=reps, warmup=warmup))
+    runtime = Path(tempfile.mkdtemp(prefix="jsp-bk-"))
+    context = zmq.asyncio.Context()
+    names = iter(range(1_000_000))
+    try:
+        async with AsyncKernelPool(max_kernels=2, min_idle=1) as warm:
+
+            async def prewarmed() -> Parts:
+                await warm.wait_ready(timeout=60)
+                session = f"new{next(names)}"
+                t0 = time.perf_counter()
+                async with warm.checkout(session) as lease:
+                    t1 = time.perf_counter()
+                    await lease.execute("pass")
+                t2 = time.perf_counter()
+                await warm.release(session)
+                await warm.wait_ready(timeout=60)
+                return Parts({"prewarmed first result": t2 - t0, "prewarmed: checkout of new session": t1 - t0})
+
+            samples = await interleaved({
+                "jupyter_client": jupyter_client_start,
+                "PooledKernel": lambda: pooled_kernel_start(runtime, context),
+                "lazy pool": lazy_pool_first_result,
+                "prewarmed": prewarmed,
+            }, reps, warmup)
+    finally:
+        context.destroy(linger=0)
+        for leftover in runtime.iterdir():
+            leftover.unlink()
+        runtime.rmdir()
+    section.raw = samples
+    cold = {k: samples[k] for k in ("jupyter_client ready", "PooledKernel.start")}
+    first = {k: samples[k] for k in ("jupyter_client first result", "lazy pool first result",
+                                     "prewarmed first result")}
+    parts = {k: samples[k] for k in ("jupyter_client first cell alone", "prewarmed: checkout of new session")}
+    section.table(STATS_HEADERS, stats_rows(cold, "jupyter_client ready"))
+    section.table(STATS_HEADERS, stats_rows(first, "jupyter_client first result"))
+    section.table(STATS_HEADERS, stats_rows(parts, None))
+    p50 = {k: Stats.of(v).p50 for k, v in samples.items()}
+    section.targets += [
+        Target("PooledKernel.start / jupyter_client ready (p50)",
+               p50["PooledKernel.start"] / p50["jupyter_client ready"], 0.75, "x", WHY_COLD_MISSED),
+        Target("lazy pool first result / jupyter_client first result (p50)",
+               p50["lazy pool first result"] / p50["jupyter_client first result"], 0.75, "x", WHY_COLD_MISSED),
+        Target("prewarmed new session, first result (p50)", p50["prewarmed first result"] * 1000, 20, "ms"),
+    ]
+    return section
