@@ -12,7 +12,7 @@ import asyncio
 import atexit
 import threading
 import weakref
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from traitlets import observe
 
@@ -20,6 +20,9 @@ from .config import PoolSettings
 from .execution import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
 from .stats import PoolStats
+
+if TYPE_CHECKING:
+    from .widget import PoolWidget
 
 T = TypeVar("T")
 _live: weakref.WeakSet[KernelPool] = weakref.WeakSet()
@@ -194,6 +197,12 @@ class KernelPool(PoolSettings):
     def sessions(self) -> list[str]:
         """Names of the sessions that hold a kernel now."""
         return self._call(self._async.sessions)
+
+    def widget(self) -> PoolWidget:
+        """A live ipywidgets view of this pool with per-session actions (what ``%pool status`` shows)."""
+        from .widget import PoolWidget  # lazy: ipywidgets is only needed by those who ask for it
+
+        return PoolWidget(self)
 
     def release(self, session: str) -> bool:
         """Shut down ``session``'s kernel; False if it held none."""
