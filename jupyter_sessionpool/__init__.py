@@ -4,6 +4,8 @@ Session ``a`` always gets the same kernel, with its state; different sessions ru
 same time. See README.md for the quickstart.
 """
 
+from typing import Any
+
 from ._version import __version__
 from .errors import (
     CheckoutTimeout,
@@ -44,3 +46,17 @@ __all__ = [
     "ProtocolError",
     "__version__",
 ]
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext jupyter_sessionpool``: register ``%pool``/``%%pool``; the pool starts on first use."""
+    from .magics import load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """``%unload_ext jupyter_sessionpool``: shut the notebook's pool down and remove the magics."""
+    from .magics import unload
+
+    unload(ip)

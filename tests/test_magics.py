@@ -1,0 +1,304 @@
+"""The %pool / %%pool magics in an in-process IPython shell, against real pooled kernels.
+
+Here the shell has no kernel of its own, so outputs go to the shell's stdout and display
+publisher; routing into notebook cells is tested through real kernels in test_notebooks.py.
+"""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from traitlets.config import Config
+
+from jupyter_sessionpool.magics import CellArgs, RemoteCellError, TransferError, parse_cell_args, parse_line_args
+
+
+@pytest.fixture
+def ip():
+    """A fresh IPython shell with the extension loaded; unloading it shuts the pool down."""
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "jupyter_sessionpool")
+    try:
+        yield shell
+    finally:
+        magics = shell.magics_manager.registry.get("PoolMagics")
+        pids = kernel_pids(magics._pool) if magics and magics._pool else []
+        shell.run_line_magic("unload_ext", "jupyter_sessionpool")
+        InteractiveShell.clear_instance()
+        assert_gone(pids)
+
+
+def magics_of(shell):
+    return shell.magics_manager.registry["PoolMagics"]
+
+
+def kernel_pids(pool):
+    return [k.pid for k in pool.stats().kernels if k.pid]
+
+
+def assert_gone(pids):
+    """Every process in ``pids`` has exited (shutdown waits for its kernels)."""
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+
+
+def run(shell, cell):
+    """Run a cell, capturing its output; returns (ExecutionResult of the local cell, captured)."""
+    with capture_output() as captured:
+        result = shell.run_cell(cell)
+    return result, captured
+
+
+# ---- argument parsing -----------------------------------------------------------------
+
+
+def test_cell_args_parse():
+    assert parse_cell_args("session=a") == CellArgs("a", None, False)
+    assert parse_cell_args("timeout=2.5 session='my session' --bg") == CellArgs("my session", 2.5, True)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("", "missing session name"),
+        ("timeout=3", "missing session name"),
+        ("session=", "must not be empty"),
+        ("session=a timeout=abc", "timeout must be a positive number of seconds, got 'abc'"),
+        ("session=a timeout=-1", "timeout must be a positive number"),
+        ("session=a timeout=nan", "timeout must be a positive number"),
+        ("session=a --background", "unknown option '--background'"),
+        ("session=a color=red", "unknown option 'color=red'"),
+        ("session=a session=b", "session= given twice"),
+        ("session='a", "cannot parse"),
+    ],
+)
+def test_bad_cell_args_are_usage_errors(line, message):
+    with pytest.raises(UsageError, match=message) as info:
+        parse_cell_args(line)
+    assert "\n" not in str(info.value) and "%%pool session=NAME" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("", "needs a command"),
+        ("frobnicate", "unknown command 'frobnicate'"),
+        ("status now", "takes no arguments"),
+        ("release", "takes one session name"),
+        ("release a b", "takes one session name"),
+        ("push a", "takes a session name and variable names"),
+        ("pull a 1x", "'1x' is not a variable name"),
+        ("pull a class", "'class' is not a variable name"),
+        ("push '' x", "must not be empty"),
+    ],
+)
+def test_bad_line_args_are_usage_errors(line, message):
+    with pytest.raises(UsageError, match=message):
+        parse_line_args(line)
+
+
+def test_bad_arguments_touch_nothing(ip):
+    for cell in ["%%pool\n1", "%%pool session=a timeout=abc\n1", "%%pool session=a --nope\n1", "%pool release"]:
+        result, captured = run(ip, cell)
+        assert isinstance(result.error_in_exec, UsageError), cell
+    assert magics_of(ip)._pool is None  # not even created
+
+    assert run(ip, "%%pool session=a\nx = 1")[0].success
+    before = magics_of(ip).pool.stats()
+    result, _ = run(ip, "%%pool session=a timeout=abc\nx = 2")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert magics_of(ip).pool.stats().counters == before.counters
+
+
+def test_help_shows_usage(ip):
+    assert "%pool push NAME VAR" in ip.find_line_magic("pool").__doc__
+    assert "%%pool session=NAME [timeout=SECONDS] [--bg]" in ip.find_cell_magic("pool").__doc__
+    _, captured = run(ip, "%pool?")
+    assert "%pool release NAME" in captured.stdout
+
+
+# ---- running cells ---------------------------------------------------------------------
+
+
+def test_sessions_keep_separate_state_on_separate_kernels(ip):
+    run(ip, "%%pool session=a\nx = 'a-value'\nimport os; pid = os.getpid()")
+    run(ip, "%%pool session=b\nx = 'b-value'\nimport os; pid = os.getpid()")
+    result, captured = run(ip, "%%pool session=a\nprint(x, pid)")
+    assert result.success
+    a_out = captured.stdout
+    _, captured = run(ip, "%%pool session=b\nprint(x, pid)")
+    b_out = captured.stdout
+    assert a_out.startswith("a-value") and b_out.startswith("b-value")
+    assert a_out.split()[1] != b_out.split()[1]  # different kernel processes
+    assert ip.run_line_magic("pool", "sessions") == ["a", "b"]
+
+
+def test_outputs_and_last_expression_reach_the_cell(ip):
+    result, captured = run(
+        ip,
+        "%%pool session=a\n"
+        "import sys\n"
+        "print('to stdout'); print('to stderr', file=sys.stderr)\n"
+        "from IPython.display import HTML, display\n"
+        "display(HTML('<b>rich</b>'))\n"
+        "40 + 2",
+    )
+    assert result.success and result.result is None  # the value is shown, not returned
+    assert captured.stdout == "to stdout\n" and captured.stderr == "to stderr\n"
+    data = [out.data for out in captured.outputs]
+    assert data[0]["text/html"] == "<b>rich</b>"
+    assert data[1]["text/plain"] == "42"
+
+
+def test_remote_error_shows_remote_traceback_once_and_fails_the_cell(ip):
+    result, captured = run(ip, "%%pool session=a\ndef inner():\n    raise KeyError('remote-key')\ninner()")
+    error = result.error_in_exec
+    assert isinstance(error, RemoteCellError)
+    assert (error.ename, error.evalue) == ("KeyError", "'remote-key'")
+    assert error.result.session == "a"
+    assert "inner()" in captured.stderr  # the remote traceback, with the remote frame
+    rendered = error._render_traceback_()
+    assert len(rendered) == 1 and "remote traceback is shown above" in rendered[0]
+    assert run(ip, "%%pool session=a\nprint('still here')")[1].stdout == "still here\n"
+
+
+def test_timeout_interrupts_the_remote_cell(ip):
+    result, _ = run(ip, "%%pool session=a timeout=1\nimport time; time.sleep(30)")
+    assert type(result.error_in_exec).__name__ == "ExecutionTimeout"
+    assert run(ip, "%%pool session=a\nprint('free again')")[1].stdout == "free again\n"
+
+
+def test_config_before_first_use_and_after_reaches_the_pool(ip):
+    ip.run_line_magic("config", "KernelPool.max_kernels = 3")
+    ip.run_line_magic("config", "KernelPool.execution_timeout = 30.0")
+    pool = magics_of(ip).pool
+    assert (pool.max_kernels, pool.execution_timeout) == (3, 30.0)
+    assert pool in ip.configurables
+    ip.run_line_magic("config", "KernelPool.max_kernels = 5")
+    assert pool.max_kernels == 5 and pool.stats().max_kernels == 5
+
+
+# ---- background cells ------------------------------------------------------------------
+
+
+def test_background_cell_returns_at_once_and_wait_collects_it(ip):
+    with capture_output() as captured:
+        ip.run_cell("%%pool session=a --bg\nimport time; time.sleep(1); print('bg finished')")
+        assert "bg finished" not in captured.stdout  # returned before the remote cell ended
+        result = ip.run_cell("%pool wait")
+    assert result.success
+    assert captured.stdout.index("bg finished") < captured.stdout.index("1 background cell(s) finished")
+
+
+def test_background_cells_on_one_session_run_in_order(ip):
+    with capture_output() as captured:
+        for i in range(4):
+            ip.run_cell(f"%%pool session=a --bg\nimport time; time.sleep(0.{3 - i}); print('cell {i}')")
+        ip.run_cell("%pool wait")
+    assert [line for line in captured.stdout.splitlines() if line.startswith("cell")] == [f"cell {i}" for i in range(4)]
+
+
+def test_wait_reraises_the_first_remote_error(ip):
+    with capture_output():
+        ip.run_cell("%%pool session=a --bg\nprint('ok')")
+        ip.run_cell("%%pool session=b --bg\nraise ValueError('first')")
+        ip.run_cell("%%pool session=c --bg\nraise ValueError('second')")
+        result = ip.run_cell("%pool wait")
+    error = result.error_in_exec
+    assert isinstance(error, RemoteCellError) and error.evalue == "first"
+    assert "shown in In [" in error._render_traceback_()[0]
+    assert ip.run_line_magic("pool", "wait") is None  # collected: nothing left to wait for
+
+
+# ---- line commands ---------------------------------------------------------------------
+
+
+def test_release_restart_interrupt_and_shutdown(ip):
+    magics = magics_of(ip)
+    with capture_output() as captured:
+        ip.run_line_magic("pool", "release a")  # no pool yet: nothing to do, nothing created
+    assert "holds no kernel" in captured.stdout and magics._pool is None
+
+    run(ip, "%%pool session=a\nx = 1")
+    _, captured = run(ip, "%pool interrupt a")
+    assert "interrupted session 'a'" in captured.stdout
+    _, captured = run(ip, "%pool restart a")
+    assert "restarted session 'a'" in captured.stdout
+    result, _ = run(ip, "%%pool session=a\nx")
+    assert isinstance(result.error_in_exec, RemoteCellError) and result.error_in_exec.ename == "NameError"
+    _, captured = run(ip, "%pool release a")
+    assert "released session 'a'" in captured.stdout and ip.run_line_magic("pool", "sessions") == []
+
+    run(ip, "%%pool session=b\npass")
+    pool = magics.pool
+    pids = kernel_pids(pool)
+    run(ip, "%pool shutdown")
+    assert pids and pool not in ip.configurables
+    assert_gone(pids)
+    assert run(ip, "%%pool session=a\nprint('new pool')")[1].stdout == "new pool\n"
+    assert magics.pool is not pool
+
+
+def test_status_prints_the_table_outside_a_kernel(ip):
+    run(ip, "%%pool session=a\npass")
+    _, captured = run(ip, "%pool status")
+    assert "python3 pool: 0/4 busy, 1 idle" in captured.stdout and " a " in captured.stdout
+
+
+def test_unload_shuts_the_pool_down_and_removes_the_magics(ip):
+    run(ip, "%%pool session=a\npass")
+    pids = kernel_pids(magics_of(ip).pool)
+    ip.run_line_magic("unload_ext", "jupyter_sessionpool")
+    assert pids
+    assert_gone(pids)
+    assert ip.find_line_magic("pool") is None and ip.find_cell_magic("pool") is None
+    ip.run_line_magic("load_ext", "jupyter_sessionpool")  # the fixture unloads it again
+
+
+# ---- push / pull -------------------------------------------------------------------------
+
+
+def test_push_and_pull_round_trip(ip):
+    ip.user_ns.update(data=[1, 2, 3], scale={"k": 2.5})
+    run(ip, "%pool push a data scale")
+    result, _ = run(ip, "%%pool session=a\ntotal = sum(data) * scale['k']\nlabel = 'ok'")
+    assert result.success
+    run(ip, "%pool pull a total label")
+    assert (ip.user_ns["total"], ip.user_ns["label"]) == (15.0, "ok")
+    assert run(ip, "%%pool session=a\n'_jsp_push' in globals() or '_jsp_pull' in globals()")[1].outputs[0].data[
+        "text/plain"
+    ] == "False"
+
+
+def test_push_errors_are_clear_and_touch_nothing(ip):
+    ip.run_cell("import threading; lock = threading.Lock(); ok = 1")
+    result, _ = run(ip, "%pool push a ok missing")
+    assert isinstance(result.error_in_exec, UsageError) and "'missing'" in str(result.error_in_exec)
+    result, _ = run(ip, "%pool push a ok lock")
+    assert isinstance(result.error_in_exec, TransferError)
+    assert "'lock' cannot be pickled" in str(result.error_in_exec)
+    assert magics_of(ip)._pool is None  # failed before any kernel was involved
+
+    ip.run_line_magic("config", "PoolMagics.transfer_limit = 1000")
+    ip.user_ns["big"] = b"x" * 2000
+    result, _ = run(ip, "%pool push a big")
+    assert isinstance(result.error_in_exec, TransferError) and "over the limit of 1000 bytes" in str(result.error_in_exec)
+
+
+def test_pull_errors_are_clear(ip):
+    result, _ = run(ip, "%pool pull a x")
+    assert isinstance(result.error_in_exec, TransferError) and "holds no kernel" in str(result.error_in_exec)
+    run(ip, "%%pool session=a\nimport threading; lock = threading.Lock(); big = b'x' * 5000")
+    result, _ = run(ip, "%pool pull a nope")
+    assert "no variable named 'nope'" in str(result.error_in_exec)
+    result, _ = run(ip, "%pool pull a lock")
+    assert "'lock' cannot be pickled" in str(result.error_in_exec)
+    ip.run_line_magic("config", "PoolMagics.transfer_limit = 1000")
+    result, _ = run(ip, "%pool pull a big")
+    assert isinstance(result.error_in_exec, TransferError) and "over the limit of 1000 bytes" in str(result.error_in_exec)
+    assert "big" not in ip.user_ns
