@@ -52,7 +52,7 @@ class PoolWidget(VBox):
     text table.
     """
 
-    def __init__(self, pool: KernelPool, **kwargs: Any) -> None:
+    def __init__(self, pool: KernelPool) -> None:
         self._pool = pool
         self._lock = threading.Lock()
         self._latest: PoolStats | None = None
@@ -66,7 +66,7 @@ class PoolWidget(VBox):
         self._note = HTML()
         self._actions = VBox()
         self._rows: dict[str, tuple[HBox, dict[str, Button]]] = {}
-        super().__init__(children=(self._summary, self._table, self._actions, self._footer, self._note), **kwargs)
+        super().__init__(children=(self._summary, self._table, self._actions, self._footer, self._note))
         self.add_class("jsp-pool-widget")
         # Subscribe before taking the first snapshot: any event that arrives in between is
         # at least as new as that snapshot (the pool notifies after every change), so it wins.
