@@ -34,7 +34,7 @@ def route_to_current_cell(shell: Any) -> OutputCallback:
     """
     if in_kernel(shell):
         kernel = shell.kernel
-        return _ToIOPub(kernel.session, kernel.iopub_socket, kernel.get_parent("shell"), shell.execution_count)
+        return _ToIOPub(kernel.session, kernel.iopub_socket, kernel.get_parent("shell"), shell.displayhook.prompt_count)
     return _ToShell(shell)
 
 

@@ -305,7 +305,7 @@ class PoolMagics(Magics):
         route = route_to_current_cell(self.shell)
         if args.background:
             future = _submit(pool, cell, args.session, args.timeout, route)
-            self._background.append(_Background(f"In [{self.shell.execution_count}]", future))
+            self._background.append(_Background(f"In [{self.shell.displayhook.prompt_count}]", future))
             return
         result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
         if result.status == "error":
