@@ -224,6 +224,7 @@ async def run(
 
 async def stop(execution: Execution, interrupt_timeout: float) -> bool:
     """Interrupt an abandoned cell and wait for it to end; True if the kernel is free again."""
+    execution.outputs.on_output = None  # its caller is gone; so is any interest in the output
     try:
         await execution.kernel.interrupt()
         return await execution.follow(time.monotonic() + interrupt_timeout)

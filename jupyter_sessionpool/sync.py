@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 from traitlets import observe
 
 from .config import PoolSettings
+from .errors import PoolClosed
 from .execution import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
 from .stats import PoolStats
@@ -71,7 +72,7 @@ class SyncLease:
             from jupyter_client.blocking import BlockingKernelClient
 
             self._client = BlockingKernelClient()
-            self._client.load_connection_info(self._lease._kernel.km.get_connection_info(session=True))
+            self._client.load_connection_info(self._lease._kernel.km.get_connection_info())
             self._client.start_channels(stdin=False, hb=False)
         return self._client
 
@@ -103,6 +104,7 @@ class KernelPool(PoolSettings):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopped = False
         _live.add(self)
 
     # ---- the private loop ------------------------------------------------------------------
@@ -126,6 +128,9 @@ class KernelPool(PoolSettings):
         return self._loop
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._stopped:
+            coro.close()
+            raise PoolClosed()
         loop = self._ensure_loop()
         if threading.current_thread() is self._thread:
             coro.close()
@@ -140,8 +145,8 @@ class KernelPool(PoolSettings):
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a plain (non-blocking) function on the pool's thread and return its value."""
-        if self._loop is None or threading.current_thread() is self._thread:
-            return fn(*args)
+        if self._loop is None or self._stopped or threading.current_thread() is self._thread:
+            return fn(*args)  # no loop thread to race with
 
         async def call() -> T:
             return fn(*args)
@@ -218,12 +223,14 @@ class KernelPool(PoolSettings):
 
     def shutdown(self) -> None:
         """Stop every kernel and the pool's thread. Idempotent."""
-        loop = self._loop
-        if loop is None or not self._thread.is_alive():
-            self._call(lambda: setattr(self._async._books, "closed", True))
+        if self._stopped:
             return
-        if threading.current_thread() is not self._thread:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("KernelPool.shutdown() cannot run on the pool's own thread")
+        if self._loop is not None:
             self._run(self._async.shutdown())
-            loop.call_soon_threadsafe(loop.stop)
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        self._async._books.closed = True
+        self._stopped = True
         _live.discard(self)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_sessionpool import AsyncKernelPool
+
 RUN_ID = uuid.uuid4().hex
 _SCRATCH = Path(tempfile.mkdtemp(prefix="jsp-test-"))
 os.environ["JSP_TEST_RUN"] = RUN_ID
@@ -62,6 +64,21 @@ def no_orphans():
     if left:
         listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in left)
         pytest.fail(f"{len(left)} process(es) outlived the test run:\n{listing}", pytrace=False)
+
+
+@pytest.fixture
+async def make_pool():
+    """Build pools that are always shut down, even when the test fails."""
+    pools: list[AsyncKernelPool] = []
+
+    async def make(**kwargs) -> AsyncKernelPool:
+        pool = AsyncKernelPool(**kwargs)
+        pools.append(pool)
+        return await pool.start()
+
+    yield make
+    for pool in pools:
+        await pool.shutdown()
 
 
 @pytest.fixture

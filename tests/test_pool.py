@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from poolkit import started_marker, until
 from jupyter_sessionpool import (
     AsyncKernelPool,
     CheckoutTimeout,
@@ -19,48 +20,6 @@ from jupyter_sessionpool import (
     PoolClosed,
     SessionLost,
 )
-
-
-@pytest.fixture
-async def make_pool():
-    """Build pools that are always shut down, even when the test fails."""
-    pools: list[AsyncKernelPool] = []
-
-    async def make(**kwargs) -> AsyncKernelPool:
-        pool = AsyncKernelPool(**kwargs)
-        pools.append(pool)
-        return await pool.start()
-
-    yield make
-    for pool in pools:
-        await pool.shutdown()
-
-
-def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:
-    """A future resolved by the pool's own events as soon as ``predicate(stats)`` holds."""
-    fut = asyncio.get_running_loop().create_future()
-
-    def check(stats) -> None:
-        if predicate(stats) and not fut.done():
-            fut.set_result(stats)
-
-    check(pool.stats())
-    unsubscribe = pool.subscribe(check)
-    fut.add_done_callback(lambda _: unsubscribe())
-    return fut
-
-
-async def started_marker(pool: AsyncKernelPool, code: str, session: str | None, marker: str = "started"):
-    """Run ``code`` (which prints ``marker`` first) in a task; return the task once the marker arrived."""
-    seen = asyncio.Event()
-
-    def on_output(out) -> None:
-        if out.get("text", "").startswith(marker):
-            seen.set()
-
-    task = asyncio.ensure_future(pool.execute(code, session=session, on_output=on_output))
-    await asyncio.wait_for(seen.wait(), 30)
-    return task
 
 
 # ---- affinity and concurrency ---------------------------------------------------------------

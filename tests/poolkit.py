@@ -1,0 +1,34 @@
+"""Helpers for tests that drive a real pool: wait on pool events, start cells and know they run."""
+
+from __future__ import annotations
+
+import asyncio
+
+from jupyter_sessionpool import AsyncKernelPool
+
+
+def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:
+    """A future resolved by the pool's own events as soon as ``predicate(stats)`` holds."""
+    fut = asyncio.get_running_loop().create_future()
+
+    def check(stats) -> None:
+        if predicate(stats) and not fut.done():
+            fut.set_result(stats)
+
+    check(pool.stats())
+    unsubscribe = pool.subscribe(check)
+    fut.add_done_callback(lambda _: unsubscribe())
+    return fut
+
+
+async def started_marker(pool: AsyncKernelPool, code: str, session: str | None, marker: str = "started"):
+    """Run ``code`` (which prints ``marker`` first) in a task; return the task once the marker arrived."""
+    seen = asyncio.Event()
+
+    def on_output(out) -> None:
+        if out.get("text", "").startswith(marker):
+            seen.set()
+
+    task = asyncio.ensure_future(pool.execute(code, session=session, on_output=on_output))
+    await asyncio.wait_for(seen.wait(), 30)
+    return task

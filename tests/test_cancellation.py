@@ -1,0 +1,87 @@
+"""A caller that gives up at any stage never leaves a busy kernel checked in as idle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from jupyter_sessionpool import AsyncKernelPool, SessionLost
+
+from poolkit import started_marker, until
+
+SLEEP = "print('started', flush=True); import time; time.sleep(60)"
+
+
+async def test_cancel_mid_cell_interrupts_and_keeps_the_session(make_pool):
+    pool = await make_pool(max_kernels=1)
+    await pool.execute("x = 'kept'", session="a")
+    task = await started_marker(pool, SLEEP, "a")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [k.state for k in pool.stats().kernels] == ["busy"], "not idle until the cell has stopped"
+    t0 = time.monotonic()
+    r = await pool.execute("x", session="a", timeout=20)
+    assert r.result == "'kept'" and time.monotonic() - t0 < 10
+
+
+async def test_cancel_mid_cell_that_ignores_the_interrupt_discards_the_kernel(make_pool):
+    pool = await make_pool(max_kernels=1, interrupt_timeout=0.5)
+    code = "print('started', flush=True)\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" \
+           "while True: time.sleep(0.01)"
+    task = await started_marker(pool, code, "a")
+    (kernel,) = pool.stats().kernels
+    task.cancel()
+    stats = await asyncio.wait_for(until(pool, lambda s: not s.kernels), 20)
+    assert stats.counters["checkouts"] == 1
+    with pytest.raises(SessionLost, match="abandoned"):
+        await pool.execute("1", session="a")
+
+
+async def test_cancel_while_waiting_for_a_kernel_leaves_no_waiter(make_pool):
+    pool = await make_pool(max_kernels=1)
+    async with pool.checkout("holder"):
+        waiting = asyncio.ensure_future(pool.execute("1", session="other"))
+        await asyncio.wait_for(until(pool, lambda s: len(s.waiting) == 1), 10)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert pool.stats().waiting == ()
+    assert [(k.session, k.state) for k in pool.stats().kernels] == [("holder", "idle")]
+
+
+async def test_an_on_output_callback_that_raises_ends_the_call_and_frees_the_kernel(make_pool):
+    pool = await make_pool(max_kernels=1)
+
+    def explode(out):
+        raise RuntimeError("callback broke")
+
+    with pytest.raises(RuntimeError, match="callback broke"):
+        await pool.execute(SLEEP, session="a", on_output=explode)
+    r = await pool.execute("1 + 1", session="a", timeout=20)
+    assert r.result == "2"
+
+
+async def test_a_lease_left_by_an_exception_is_returned(make_pool):
+    pool = await make_pool(max_kernels=1)
+    with pytest.raises(ValueError):
+        async with pool.checkout("a") as lease:
+            await lease.execute("y = 2")
+            raise ValueError("user code outside the kernel failed")
+    assert (await pool.execute("y", session="a")).result == "2"
+    with pytest.raises(Exception, match="already returned"):
+        await lease.execute("1")
+
+
+async def test_pool_shutdown_while_waiting_raises_pool_closed(make_pool):
+    from jupyter_sessionpool import PoolClosed
+
+    pool: AsyncKernelPool = await make_pool(max_kernels=1)
+    async with pool.checkout("holder"):
+        waiting = asyncio.ensure_future(pool.execute("1", session="other"))
+        await asyncio.wait_for(until(pool, lambda s: len(s.waiting) == 1), 10)
+        await pool.shutdown()
+        with pytest.raises(PoolClosed):
+            await waiting

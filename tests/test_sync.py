@@ -1,0 +1,127 @@
+"""KernelPool, the blocking facade: scripts, running event loops, Ctrl-C, config."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from traitlets.config import Config
+
+from jupyter_sessionpool import KernelPool
+
+
+def test_blocking_pool_round_trip_and_lease():
+    with KernelPool(max_kernels=2) as pool:
+        pool.execute("x = 41", session="a")
+        r = pool.execute("x + 1", session="a")
+        assert r.status == "ok" and r.result == "42"
+        with pool.checkout(session="b") as lease:
+            assert lease.execute("import os; os.getpid()").result == str(lease.pid)
+            msg_id = lease.client.execute("z = 3")
+            reply = lease.client.get_shell_msg(timeout=10)
+            assert reply["parent_header"]["msg_id"] == msg_id
+        assert pool.execute("z", session="b").result == "3"
+        assert sorted(pool.sessions()) == ["a", "b"]
+        assert pool.release("a") and pool.sessions() == ["b"]
+    assert pool.stats().closed
+
+
+def test_works_when_called_from_inside_a_running_event_loop():
+    async def main() -> str:
+        with KernelPool(max_kernels=1) as pool:
+            return pool.execute("'from a coroutine'").result
+
+    assert asyncio.run(main()) == "'from a coroutine'"
+
+
+def test_config_reaches_the_pool_and_later_changes_apply():
+    c = Config()
+    c.KernelPool.max_kernels = 3
+    c.KernelPool.min_idle = 1
+    pool = KernelPool(config=c)
+    try:
+        assert (pool.max_kernels, pool.stats().max_kernels) == (3, 3)
+        pool.max_kernels = 5
+        assert pool.stats().max_kernels == 5
+    finally:
+        pool.shutdown()
+
+
+def test_blocking_call_from_the_pools_own_thread_is_refused():
+    with KernelPool(max_kernels=1) as pool:
+        errors: list[BaseException] = []
+
+        def on_output(out) -> None:
+            try:
+                pool.execute("1")
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        pool.execute("print('hi')", on_output=on_output)
+        assert errors and "own thread" in str(errors[0])
+
+
+def test_ctrl_c_interrupts_the_remote_cell_and_the_pool_goes_on(tmp_path):
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(textwrap.dedent("""
+        from jupyter_sessionpool import KernelPool
+        with KernelPool(max_kernels=1) as pool:
+            pool.execute("x = 'kept'", session="a")
+            try:
+                pool.execute("print('started', flush=True); import time; time.sleep(60)", session="a",
+                             on_output=lambda out: out.get("text") == "started\\n" and print("READY", flush=True))
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            print(pool.execute("x", session="a", timeout=20).result, flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", proc.stderr.read() if not line else line
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert out.split() == ["interrupted", "'kept'"], out
+
+
+def test_subscribers_run_on_the_pools_thread():
+    threads: set[str] = set()
+    with KernelPool(max_kernels=1) as pool:
+        unsubscribe = pool.subscribe(lambda stats: threads.add(threading.current_thread().name))
+        pool.execute("1")
+        unsubscribe()
+    assert threads == {"jupyter-sessionpool"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kernels_die_with_the_pools_process(tmp_path, sig):
+    """Even when the pool's process is SIGKILLed, its kernels exit within seconds."""
+    psutil = pytest.importorskip("psutil")
+    script = tmp_path / "victim.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        from jupyter_sessionpool import KernelPool
+        pool = KernelPool(max_kernels=2, min_idle=2).start()
+        pool.wait_ready(60)
+        print(" ".join(str(k.pid) for k in pool.stats().kernels), flush=True)
+        time.sleep(600)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        kernels = [psutil.Process(pid) for pid in pids]
+        os.kill(proc.pid, sig)
+        proc.wait(10)
+        gone, alive = psutil.wait_procs(kernels, timeout=10)
+        assert alive == [], f"kernels outlived their pool: {alive}"
+    finally:
+        proc.kill()
+        proc.wait()
