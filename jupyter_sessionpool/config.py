@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from traitlets import Dict, Enum, Float, Int, Unicode, validate
+from traitlets import Dict, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 _MAX_SESSION_LEN = 200
@@ -47,8 +47,10 @@ def check_timeout(value: Any, name: str = "timeout") -> float | None:
 
 
 def _positive_or_none(name: str, value: Any) -> Any:
-    if value is not None:
+    try:
         check_timeout(value, name)
+    except (TypeError, ValueError) as exc:
+        raise TraitError(str(exc)) from None
     return value
 
 
@@ -95,13 +97,13 @@ class PoolSettings(LoggingConfigurable):
     @validate("max_kernels")
     def _check_max(self, proposal: Any) -> int:
         if proposal.value < 1:
-            raise ValueError(f"max_kernels must be at least 1, got {proposal.value}")
+            raise TraitError(f"max_kernels must be at least 1, got {proposal.value}")
         return proposal.value
 
     @validate("min_idle", "start_retries")
     def _check_non_negative(self, proposal: Any) -> int:
         if proposal.value < 0:
-            raise ValueError(f"{proposal.trait.name} must be 0 or more, got {proposal.value}")
+            raise TraitError(f"{proposal.trait.name} must be 0 or more, got {proposal.value}")
         return proposal.value
 
     @validate(
@@ -118,7 +120,7 @@ class PoolSettings(LoggingConfigurable):
     @validate("kernel_name")
     def _check_kernel_name(self, proposal: Any) -> str:
         if not proposal.value:
-            raise ValueError("kernel_name must name a kernelspec, e.g. 'python3'")
+            raise TraitError("kernel_name must name a kernelspec, e.g. 'python3'")
         return proposal.value
 
     def __init__(self, **kwargs: Any) -> None:
