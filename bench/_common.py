@@ -12,10 +12,11 @@ import inspect
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -70,7 +71,8 @@ async def call(fn: Variant) -> Any:
 async def interleaved(variants: dict[str, Variant], reps: int, warmup: int = 0) -> dict[str, list[float]]:
     """Sample every variant ``reps`` times, one call of each per round in rotating order.
 
-    A call is timed as a whole, unless it returns :class:`Parts`: then it timed its own parts (and did untimed set-up or clean-up) and those are recorded.
+    A call is timed as a whole, unless it returns :class:`Parts`: then it timed its own
+    parts (and did untimed set-up or clean-up) and those are recorded.
     ``warmup`` untimed rounds come first (imports, caches, first-message costs).
     """
     names = list(variants)
@@ -95,6 +97,7 @@ def ms(seconds: float) -> str:
 
 
 def ratio(a: float, b: float) -> str:
+    """``a / b`` for a table cell."""
     return f"{a / b:.3f}x"
 
 
@@ -208,15 +211,15 @@ async def raw_kernel(
 
 
 async def raw_execute(kc: Any, code: str, timeout: float = 30) -> dict[str, Any]:
-    """One execute round trip on a raw client: execute_reply on shell *and* iopub idle."""
+    """One execute round trip on a raw client (async or blocking): execute_reply *and* iopub idle."""
     msg_id = kc.execute(code)
     reply = None
     while reply is None:
-        msg = await kc.get_shell_msg(timeout=timeout)
+        msg = await call(lambda: kc.get_shell_msg(timeout=timeout))
         if msg["parent_header"].get("msg_id") == msg_id:
             reply = msg
     while True:
-        msg = await kc.get_iopub_msg(timeout=timeout)
+        msg = await call(lambda: kc.get_iopub_msg(timeout=timeout))
         if (
             msg["parent_header"].get("msg_id") == msg_id
             and msg["msg_type"] == "status"

@@ -10,8 +10,15 @@ from importlib.metadata import PackageNotFoundError, version
 from _common import Section, Target
 
 PACKAGES = [
-    "jupyter_sessionpool", "jupyter_client", "ipykernel", "ipython", "pyzmq", "tornado",
-    "traitlets", "jupyter_core", "ipyparallel",
+    "jupyter_sessionpool",
+    "jupyter_client",
+    "ipykernel",
+    "ipython",
+    "pyzmq",
+    "tornado",
+    "traitlets",
+    "jupyter_core",
+    "ipyparallel",
 ]
 
 INTRO = """\
@@ -116,8 +123,9 @@ def render(sections: list[Section], m: dict[str, object]) -> str:
     summary = []
     for s in sections:
         for t in s.targets:
-            summary.append([s.title.split(".")[0], t.label, _fmt(t.value, t.unit), _goal(t),
-                            "met" if t.met else "**missed**"])
+            summary.append(
+                [s.title.split(".")[0], t.label, _fmt(t.value, t.unit), _goal(t), "met" if t.met else "**missed**"]
+            )
     parts = [
         INTRO,
         "## Machine and versions",
