@@ -87,6 +87,11 @@ class PoolSettings(LoggingConfigurable):
     cwd = Unicode(None, allow_none=True, help="Working directory of the kernels; None: this process's.").tag(
         config=True
     )
+    max_output_size = Int(
+        32_000_000,
+        help="Characters of output one cell may produce before the rest is dropped with a marker; "
+        "bounds the pool's memory when a cell floods output. 0: no limit.",
+    ).tag(config=True)
     transport = Enum(
         ["ipc", "tcp"],
         "ipc",
@@ -100,7 +105,7 @@ class PoolSettings(LoggingConfigurable):
             raise TraitError(f"max_kernels must be at least 1, got {proposal.value}")
         return proposal.value
 
-    @validate("min_idle", "start_retries")
+    @validate("min_idle", "start_retries", "max_output_size")
     def _check_non_negative(self, proposal: Any) -> int:
         if proposal.value < 0:
             raise TraitError(f"{proposal.trait.name} must be 0 or more, got {proposal.value}")

@@ -21,7 +21,9 @@ class ExecutionResult:
     """What one cell produced. A Python exception in user code is ``status="error"`` here.
 
     ``outputs`` are nbformat v4 output dicts, consecutive stream outputs of the same name
-    merged, ``clear_output`` and ``update_display_data`` already applied.
+    merged, ``clear_output`` and ``update_display_data`` already applied. ``truncated``
+    is True when the cell's output passed ``max_output_size`` characters: the rest was
+    dropped (and not streamed to ``on_output`` either), and a marker says so.
     """
 
     status: str
@@ -31,6 +33,7 @@ class ExecutionResult:
     session: str | None
     kernel_id: str
     duration: float
+    truncated: bool = False
 
     @property
     def stdout(self) -> str:
@@ -69,8 +72,11 @@ class _Outputs:
     """Turns iopub messages into nbformat outputs the way a notebook front end would."""
 
     on_output: OutputCallback | None
+    max_bytes: int = 0
     outputs: list[dict[str, Any]] = field(default_factory=list)
     execution_count: int | None = None
+    truncated: bool = False
+    _size: int = 0
     _clear_on_next: bool = False
     _display_ids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -109,6 +115,20 @@ class _Outputs:
     def _add(self, out: dict[str, Any], transient: dict[str, Any] | None = None) -> None:
         if self._clear_on_next:
             self._clear()
+        if self.max_bytes:
+            if self.truncated:
+                return
+            room = self.max_bytes - self._size
+            size = _size_of(out)
+            if size > room:
+                self.truncated = True
+                if out["output_type"] == "stream" and room > 0:
+                    self._store({**out, "text": out["text"][:room]}, None)
+                out, transient = {"output_type": "stream", "name": "stderr", "text": _truncation_marker(self.max_bytes)}, None
+            self._size += size
+        self._store(out, transient)
+
+    def _store(self, out: dict[str, Any], transient: dict[str, Any] | None) -> None:
         last = self.outputs[-1] if self.outputs else None
         if out["output_type"] == "stream" and last and last["output_type"] == "stream" and last["name"] == out["name"]:
             last["text"] += out["text"]
@@ -136,22 +156,40 @@ class _Outputs:
         self.outputs.clear()
         self._display_ids.clear()
         self._clear_on_next = False
+        self._size = 0
 
     def _emit(self, out: dict[str, Any]) -> None:
         if self.on_output is not None:
             self.on_output(out)
 
 
+def _size_of(out: dict[str, Any]) -> int:
+    if "text" in out:
+        return len(out["text"])
+    if "data" in out:
+        return sum(len(v) if isinstance(v, str) else 64 for v in out["data"].values())
+    return sum(len(line) for line in out.get("traceback", ()))
+
+
+def _truncation_marker(limit: int) -> str:
+    return (
+        f"\n[jupyter_sessionpool: output truncated: this cell produced more than {limit:,} characters of "
+        "output; the rest was dropped. Raise max_output_size or write large results to a file.]\n"
+    )
+
+
 class Execution:
     """One execute_request in flight on a kernel, followed to its reply and final idle."""
 
-    def __init__(self, kernel: PooledKernel, code: str, on_output: OutputCallback | None = None) -> None:
+    def __init__(
+        self, kernel: PooledKernel, code: str, on_output: OutputCallback | None = None, max_output_size: int = 0
+    ) -> None:
         self.kernel = kernel
         self.started = time.monotonic()
         self.msg_id: str = kernel.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
         self.reply: dict[str, Any] | None = None
         self.idle = False
-        self.outputs = _Outputs(on_output)
+        self.outputs = _Outputs(on_output, max_output_size)
 
     @property
     def done(self) -> bool:
@@ -196,6 +234,7 @@ class Execution:
             session=session,
             kernel_id=self.kernel.kernel_id,
             duration=time.monotonic() - self.started,
+            truncated=self.outputs.truncated,
         )
 
 

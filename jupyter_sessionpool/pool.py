@@ -98,7 +98,7 @@ class Lease:
             timeout = self._pool.execution_timeout
         if self._discard is not None or not self._kernel.alive:
             raise KernelDied(self.kernel_id, self.session)
-        run = self._inflight = execution.Execution(self._kernel, code, on_output)
+        run = self._inflight = execution.Execution(self._kernel, code, on_output, self._pool.max_output_size)
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:

@@ -153,8 +153,7 @@ class KernelPool(PoolSettings):
 
         return self._run(call())
 
-    @observe("max_kernels", "min_idle", "start_retries", "checkout_timeout", "execution_timeout",
-             "interrupt_timeout", "startup_timeout", "shutdown_timeout", "session_idle_timeout")
+    @observe(*PoolSettings.class_trait_names(config=True))
     def _forward(self, change: dict[str, Any]) -> None:
         if "_async" in self.__dict__:
             self._call(setattr, self._async, change["name"], change["new"])

@@ -344,3 +344,15 @@ async def test_stats_and_subscribe_follow_the_kernel_through_its_states(make_poo
     json.dumps(d)
     assert set(d["kernels"][0]) == {"kernel_id", "pid", "state", "session", "executions", "busy_since", "last_used"}
     assert set(d["counters"]) >= {"started", "start_failures", "died", "checkouts", "timeouts"}
+
+
+async def test_output_flood_is_capped_with_a_marker(make_pool):
+    pool = await make_pool(max_kernels=1, max_output_size=100_000)
+    streamed: list[dict] = []
+    r = await pool.execute("for i in range(20000): print('x' * 50)", on_output=streamed.append)
+    assert r.status == "ok" and r.truncated
+    assert 100_000 <= len(r.stdout) < 200_000
+    assert "output truncated" in r.stderr
+    assert "output truncated" in streamed[-1]["text"], "the marker is streamed too, and nothing after it"
+    r = await pool.execute("print('small')")
+    assert r.stdout == "small\n" and not r.truncated
