@@ -48,11 +48,18 @@ __all__ = [
 ]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the prebuilt extension shipped in this package."""
+    return [{"src": "labextension", "dest": "jupyter-sessionpool"}]
+
+
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext jupyter_sessionpool``: register ``%pool``/``%%pool``; the pool starts on first use."""
+    from .comm import register as register_comm
     from .magics import load
 
     load(ip)
+    register_comm(ip, lambda: getattr(ip.magics_manager.registry.get("PoolMagics"), "_pool", None))
 
 
 def unload_ipython_extension(ip: Any) -> None:
