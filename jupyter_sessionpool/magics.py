@@ -12,13 +12,12 @@ Every argument is checked before the pool is touched: bad arguments raise IPytho
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import pickle
+import inspect
 import shlex
 from dataclasses import dataclass
 from keyword import iskeyword
-from typing import Any
+from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -168,23 +167,16 @@ def _submit(
 
 
 # ---- push / pull ---------------------------------------------------------------------------
+# _jsp_pack and _jsp_unpack run here and, sent as source, in the session's kernel: so they
+# are self-contained, their annotations are strings (never evaluated there), and their names
+# will not clobber a user's variable while they run there.
 
-_PUSH_DEF = '''\
-def _jsp_push(ns, blob):
-    import base64, pickle
-    values = {}
-    for name, data in pickle.loads(base64.b64decode(blob)).items():
-        try:
-            values[name] = pickle.loads(data)
-        except Exception as exc:
-            raise TypeError(f"{name!r} cannot be unpickled here ({type(exc).__name__}: {exc})") from None
-    ns.update(values)
-'''
 
-_PULL_DEF = '''\
-def _jsp_pull(ns, names, limit, mime):
-    import base64, pickle
-    from IPython.display import publish_display_data
+def _jsp_pack(ns: "dict[str, Any]", names: "list[str]", limit: "int") -> "str":
+    """Pickle ``ns[name]`` for each name (one at a time, so an error names the value); base64."""
+    import base64
+    import pickle
+
     missing = [name for name in names if name not in ns]
     if missing:
         raise NameError("no variable named " + ", ".join(map(repr, missing)))
@@ -196,43 +188,30 @@ def _jsp_pull(ns, names, limit, mime):
             raise TypeError(f"{name!r} cannot be pickled ({type(exc).__name__}: {exc})") from None
     size = sum(map(len, blobs.values()))
     if size > limit:
-        raise ValueError(f"the values pickle to {size} bytes, over the limit of {limit} bytes")
-    publish_display_data({mime: base64.b64encode(pickle.dumps(blobs)).decode()})
-'''
-
-
-def _call_once(definition: str, call: str) -> str:
-    """Code that defines a helper, calls it, and leaves no name behind in the session."""
-    name = call.split("(", 1)[0]
-    return f"{definition}try:\n    {call}\nfinally:\n    del {name}\n"
-
-
-def _pickle_each(values: dict[str, Any], limit: int) -> bytes:
-    blobs = {}
-    for name, value in values.items():
-        try:
-            blobs[name] = pickle.dumps(value)
-        except Exception as exc:
-            raise TransferError(f"{name!r} cannot be pickled ({type(exc).__name__}: {exc})") from None
-    size = sum(map(len, blobs.values()))
-    if size > limit:
-        raise TransferError(
+        raise ValueError(
             f"the values pickle to {size} bytes, over the limit of {limit} bytes; "
             "raise it with %config PoolMagics.transfer_limit = BYTES"
         )
-    return pickle.dumps(blobs)
+    return base64.b64encode(pickle.dumps(blobs)).decode()
 
 
-def _unpickle_each(payload: str, session: str) -> dict[str, Any]:
+def _jsp_unpack(packed: "str") -> "dict[str, Any]":
+    """The values packed by :func:`_jsp_pack`."""
+    import base64
+    import pickle
+
     values = {}
-    for name, data in pickle.loads(base64.b64decode(payload)).items():
+    for name, blob in pickle.loads(base64.b64decode(packed)).items():
         try:
-            values[name] = pickle.loads(data)
+            values[name] = pickle.loads(blob)
         except Exception as exc:
-            raise TransferError(
-                f"{name!r} from session {session!r} cannot be unpickled here ({type(exc).__name__}: {exc})"
-            ) from None
+            raise TypeError(f"{name!r} cannot be unpickled here ({type(exc).__name__}: {exc})") from None
     return values
+
+
+def _remote(helper: Callable[..., Any], call: str) -> str:
+    """Code that defines ``helper`` in the session, runs ``call`` and deletes the helper again."""
+    return f"{inspect.getsource(helper)}try:\n    {call}\nfinally:\n    del {helper.__name__}\n"
 
 
 # ---- the magics --------------------------------------------------------------------------------
@@ -243,7 +222,7 @@ class PoolMagics(Magics):
     """``%pool`` and ``%%pool``, and the shell's kernel pool behind them."""
 
     transfer_limit = Int(
-        64 * 2**20,
+        16 * 2**20,
         help="Most bytes (pickled) that one %pool push or %pool pull may move.",
     ).tag(config=True)
 
@@ -328,7 +307,9 @@ class PoolMagics(Magics):
             %pool shutdown               stop every kernel; the next %%pool cell starts a new pool
 
         push and pull move at most ``PoolMagics.transfer_limit`` bytes (pickled), and fail
-        with TransferError for values that cannot be pickled or are too large.
+        with TransferError for values that cannot be pickled or are too large. push sends
+        the values inside the code it runs, so the session's input history (``In``) keeps
+        that copy until the session is released or restarted.
 
         In [1]: data = [1, 2, 3]
         In [2]: %pool push a data
@@ -398,25 +379,30 @@ class PoolMagics(Magics):
         print(f"{len(jobs)} background cell(s) finished")
 
     def _push(self, session: str, names: list[str]) -> None:
-        namespace = self.shell.user_ns
-        missing = [name for name in names if name not in namespace]
-        if missing:
-            raise UsageError(f"no variable named {', '.join(map(repr, missing))} here to push")
-        payload = _pickle_each({name: namespace[name] for name in names}, self.transfer_limit)
-        blob = base64.b64encode(payload).decode()
-        result = self.pool.execute(_call_once(_PUSH_DEF, f"_jsp_push(globals(), {blob!r})"), session=session)
+        try:
+            packed = _jsp_pack(self.shell.user_ns, names, self.transfer_limit)
+        except NameError as exc:
+            raise UsageError(f"{exc} here to push") from None
+        except (TypeError, ValueError) as exc:
+            raise TransferError(f"cannot push to session {session!r}: {exc}") from None
+        code = _remote(_jsp_unpack, f"globals().update(_jsp_unpack({packed!r}))")
+        result = self.pool.execute(code, session=session)
         if result.status == "error":
             raise TransferError(f"cannot push to session {session!r}: {result.error['evalue']}")
 
     def _pull(self, session: str, names: list[str]) -> None:
         if self._pool is None or session not in self._pool.sessions():
             raise TransferError(f"session {session!r} holds no kernel; run a %%pool session={session} cell first")
-        call = f"_jsp_pull(globals(), {names!r}, {self.transfer_limit!r}, {_MIME!r})"
-        result = self._pool.execute(_call_once(_PULL_DEF, call), session=session)
+        publish = "__import__('IPython').display.publish_display_data"
+        code = _remote(_jsp_pack, f"{publish}({{{_MIME!r}: _jsp_pack(globals(), {names!r}, {self.transfer_limit})}})")
+        result = self._pool.execute(code, session=session)
         if result.status == "error":
             raise TransferError(f"cannot pull from session {session!r}: {result.error['evalue']}")
-        payload = next(out["data"][_MIME] for out in result.outputs if _MIME in out.get("data", {}))
-        self.shell.user_ns.update(_unpickle_each(payload, session))
+        packed = next(out["data"][_MIME] for out in result.outputs if _MIME in out.get("data", {}))
+        try:
+            self.shell.user_ns.update(_jsp_unpack(packed))
+        except TypeError as exc:
+            raise TransferError(f"cannot pull from session {session!r}: {exc}") from None
 
 
 def load(shell: Any) -> None:

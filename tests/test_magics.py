@@ -270,7 +270,7 @@ def test_push_and_pull_round_trip(ip):
     assert result.success
     run(ip, "%pool pull a total label")
     assert (ip.user_ns["total"], ip.user_ns["label"]) == (15.0, "ok")
-    assert run(ip, "%%pool session=a\n'_jsp_push' in globals() or '_jsp_pull' in globals()")[1].outputs[0].data[
+    assert run(ip, "%%pool session=a\n'_jsp_pack' in globals() or '_jsp_unpack' in globals()")[1].outputs[0].data[
         "text/plain"
     ] == "False"
 
