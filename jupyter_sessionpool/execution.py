@@ -182,11 +182,18 @@ class Execution:
     """One execute_request in flight on a kernel, followed to its reply and final idle."""
 
     def __init__(
-        self, kernel: PooledKernel, code: str, on_output: OutputCallback | None = None, max_output_size: int = 0
+        self,
+        kernel: PooledKernel,
+        code: str,
+        on_output: OutputCallback | None = None,
+        max_output_size: int = 0,
+        store_history: bool = True,
     ) -> None:
         self.kernel = kernel
         self.started = time.monotonic()
-        self.msg_id: str = kernel.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        self.msg_id: str = kernel.client.execute(
+            code, store_history=store_history, allow_stdin=False, stop_on_error=False
+        )
         self.reply: dict[str, Any] | None = None
         self.idle = False
         self.outputs = _Outputs(on_output, max_output_size)

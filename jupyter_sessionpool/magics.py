@@ -153,19 +153,6 @@ class _Background:
     future: concurrent.futures.Future[ExecutionResult]
 
 
-def _submit(
-    pool: KernelPool, code: str, session: str, timeout: float | None, on_output: OutputCallback
-) -> concurrent.futures.Future[ExecutionResult]:
-    """Start ``code`` on the pool's loop without waiting for it.
-
-    KernelPool has no non-blocking execute, so this schedules the async pool's execute on
-    the pool's own loop: requests reach the pool in submission order, which keeps cells on
-    one session FIFO (a thread per cell would race for the checkout).
-    """
-    coro = pool._async.execute(code, session=session, timeout=timeout, on_output=on_output)
-    return asyncio.run_coroutine_threadsafe(coro, pool._ensure_loop())
-
-
 # ---- push / pull ---------------------------------------------------------------------------
 # _jsp_pack and _jsp_unpack run here and, sent as source, in the session's kernel: so they
 # are self-contained, their annotations are strings (never evaluated there), and their names
@@ -283,7 +270,7 @@ class PoolMagics(Magics):
         pool = self.pool
         route = route_to_current_cell(self.shell)
         if args.background:
-            future = _submit(pool, cell, args.session, args.timeout, route)
+            future = pool.submit(cell, args.session, args.timeout, route)
             self._background.append(_Background(f"In [{self.shell.displayhook.prompt_count}]", future))
             return
         result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
@@ -386,7 +373,7 @@ class PoolMagics(Magics):
         except (TypeError, ValueError) as exc:
             raise TransferError(f"cannot push to session {session!r}: {exc}") from None
         code = _remote(_jsp_unpack, f"globals().update(_jsp_unpack({packed!r}))")
-        result = self.pool.execute(code, session=session)
+        result = self.pool.execute(code, session=session, store_history=False)
         if result.status == "error":
             raise TransferError(f"cannot push to session {session!r}: {result.error['evalue']}")
 
@@ -395,7 +382,7 @@ class PoolMagics(Magics):
             raise TransferError(f"session {session!r} holds no kernel; run a %%pool session={session} cell first")
         publish = "__import__('IPython').display.publish_display_data"
         code = _remote(_jsp_pack, f"{publish}({{{_MIME!r}: _jsp_pack(globals(), {names!r}, {self.transfer_limit})}})")
-        result = self._pool.execute(code, session=session)
+        result = self._pool.execute(code, session=session, store_history=False)
         if result.status == "error":
             raise TransferError(f"cannot pull from session {session!r}: {result.error['evalue']}")
         packed = next(out["data"][_MIME] for out in result.outputs if _MIME in out.get("data", {}))

@@ -77,13 +77,19 @@ class Lease:
         return self._kernel.client
 
     async def execute(
-        self, code: str, timeout: float | None = None, on_output: OutputCallback | None = None
+        self,
+        code: str,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        store_history: bool = True,
     ) -> ExecutionResult:
         """Run ``code`` on this kernel and wait for the whole result.
 
         ``timeout`` (seconds; default ``execution_timeout``) interrupts the cell, then
-        replaces the kernel if it does not stop within ``interrupt_timeout``. Raises
-        ExecutionTimeout, KernelDied or ProtocolError; user exceptions are results.
+        replaces the kernel if it does not stop within ``interrupt_timeout``. With
+        ``store_history=False`` the code leaves no trace in ``In``/``_i`` and does not
+        count as an execution. Raises ExecutionTimeout, KernelDied or ProtocolError;
+        user exceptions are results.
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
@@ -98,7 +104,9 @@ class Lease:
             timeout = self._pool.execution_timeout
         if self._discard is not None or not self._kernel.alive:
             raise KernelDied(self.kernel_id, self.session)
-        run = self._inflight = execution.Execution(self._kernel, code, on_output, self._pool.max_output_size)
+        run = self._inflight = execution.Execution(
+            self._kernel, code, on_output, self._pool.max_output_size, store_history
+        )
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
@@ -241,16 +249,18 @@ class AsyncKernelPool(PoolSettings):
         session: str | None = None,
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
+        store_history: bool = True,
     ) -> ExecutionResult:
         """Run ``code`` on ``session``'s kernel (any free kernel if None) and return the result.
 
-        ``on_output`` is called on the pool's loop with each nbformat output as it arrives.
+        ``on_output`` is called on the pool's loop with each nbformat output as it arrives;
+        see :meth:`Lease.execute` for ``timeout`` and ``store_history``.
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         timeout = check_timeout(timeout)
         async with self.checkout(session) as lease:
-            return await lease.execute(code, timeout=timeout, on_output=on_output)
+            return await lease.execute(code, timeout=timeout, on_output=on_output, store_history=store_history)
 
     async def _acquire(self, session: str | None, timeout: float | None) -> Lease:
         await self.start()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from traitlets import observe
 
-from .config import PoolSettings
+from .config import PoolSettings, check_session, check_timeout
 from .errors import PoolClosed
 from .execution import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
@@ -76,9 +77,15 @@ class SyncLease:
             self._client.start_channels(stdin=False, hb=False)
         return self._client
 
-    def execute(self, code: str, timeout: float | None = None, on_output: OutputCallback | None = None) -> ExecutionResult:
+    def execute(
+        self,
+        code: str,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        store_history: bool = True,
+    ) -> ExecutionResult:
         """Run ``code`` on this kernel and block for the result; see :meth:`Lease.execute`."""
-        return self._pool._run(self._lease.execute(code, timeout=timeout, on_output=on_output))
+        return self._pool._run(self._lease.execute(code, timeout, on_output, store_history))
 
     def interrupt(self) -> None:
         """Interrupt the cell running on this kernel."""
@@ -181,9 +188,32 @@ class KernelPool(PoolSettings):
         session: str | None = None,
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
+        store_history: bool = True,
     ) -> ExecutionResult:
         """Run ``code`` on ``session``'s kernel and block for the result; see :meth:`AsyncKernelPool.execute`."""
-        return self._run(self._async.execute(code, session=session, timeout=timeout, on_output=on_output))
+        return self._run(self._async.execute(code, session, timeout, on_output, store_history))
+
+    def submit(
+        self,
+        code: str,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        store_history: bool = True,
+    ) -> concurrent.futures.Future[ExecutionResult]:
+        """Start ``code`` on ``session``'s kernel and return at once with a Future of the result.
+
+        Submissions reach the pool in the order made, so cells submitted to one session run
+        in that order. Cancelling the Future interrupts the cell like a cancelled caller.
+        """
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        check_session(session)
+        check_timeout(timeout)
+        if self._stopped:
+            raise PoolClosed()
+        coro = self._async.execute(code, session, timeout, on_output, store_history)
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
 
     def checkout(self, session: str | None = None, timeout: float | None = _UNSET) -> SyncLease:
         """``with pool.checkout("b") as lease``: hold session b's kernel for the block."""

@@ -125,3 +125,21 @@ def test_kernels_die_with_the_pools_process(tmp_path, sig):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_submit_returns_at_once_and_keeps_session_order():
+    with KernelPool(max_kernels=2) as pool:
+        pool.execute("order = []", session="a")
+        futures = [pool.submit(f"import time; time.sleep(0.05); order.append({i})", session="a") for i in range(5)]
+        assert not futures[-1].done(), "submit does not wait for the cell"
+        assert [f.result(30).status for f in futures] == ["ok"] * 5
+        assert pool.execute("order", session="a").result == "[0, 1, 2, 3, 4]"
+        with pytest.raises(ValueError, match="must not be empty"):
+            pool.submit("1", session="")
+
+
+def test_store_history_false_leaves_no_trace_in_the_sessions_history():
+    with KernelPool(max_kernels=1) as pool:
+        pool.execute("secret_payload = 1", session="a", store_history=False)
+        r = pool.execute("[cell for cell in In if 'secret_payload' in cell]", session="a")
+        assert r.result == "[]"
