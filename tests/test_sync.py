@@ -141,5 +141,8 @@ def test_submit_returns_at_once_and_keeps_session_order():
 def test_store_history_false_leaves_no_trace_in_the_sessions_history():
     with KernelPool(max_kernels=1) as pool:
         pool.execute("secret_payload = 1", session="a", store_history=False)
-        r = pool.execute("[cell for cell in In if 'secret_payload' in cell]", session="a")
+        r = pool.execute("[cell for cell in In if 'secret' + '_payload' in cell]", session="a")
         assert r.result == "[]"
+        pool.execute("visible = 2", session="a")
+        r = pool.execute("[cell for cell in In if 'vis' + 'ible' in cell]", session="a")
+        assert r.result == "['visible = 2']", "with store_history (the default) the cell is in In"
