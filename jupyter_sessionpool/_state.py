@@ -289,12 +289,16 @@ class Books:
         )
 
     def _plan(self, fx: Effects) -> None:
+        if not self.waiters and (self.min_idle == 0 or self._prewarm_suspended):
+            return  # nobody waits and nothing is kept warm: checkout and check-in stay O(1)
         new_sessions = {w.session for w in self.waiters if w.session is not None and w.session not in self.bound}
         anonymous = sum(1 for w in self.waiters if w.session is None and self._needs_new_kernel(w))
         demand = len(new_sessions) + anonymous
-        states = [s.state for s in self.slots.values()]
-        starting = states.count(KernelState.STARTING)
-        fresh = self.fresh_idle()
+        starting = fresh = live = 0
+        for slot in self.slots.values():
+            starting += slot.state is KernelState.STARTING
+            fresh += slot.state is KernelState.IDLE and slot.session is None and not slot.anonymous
+            live += slot.state is not KernelState.DEAD
         prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh - max(0, starting - demand))
         need = max(0, demand - starting) + prewarm
         if need == 0:
@@ -302,7 +306,7 @@ class Books:
         if self.clock() < self._backoff_until:
             fx.retry_at = self._backoff_until
             return
-        capacity = self.max_kernels - (len(states) - states.count(KernelState.DEAD))
+        capacity = self.max_kernels - live
         for slot in list(self.slots.values()):  # make room for real demand by evicting spent anonymous kernels
             if capacity >= min(need, max(0, demand - starting)):
                 break
