@@ -29,7 +29,7 @@ async def test_cancel_mid_cell_interrupts_and_keeps_the_session(make_pool):
 
 async def test_cancel_mid_cell_that_ignores_the_interrupt_discards_the_kernel(make_pool):
     pool = await make_pool(max_kernels=1, interrupt_timeout=0.5)
-    code = "print('started', flush=True)\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" \
+    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('started', flush=True)\n" \
            "while True: time.sleep(0.01)"
     task = await started_marker(pool, code, "a")
     (kernel,) = pool.stats().kernels

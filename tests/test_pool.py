@@ -271,7 +271,7 @@ async def test_shutdown_stops_kernels_removes_files_and_closes(make_pool):
 async def test_shutdown_kills_a_kernel_that_ignores_the_request(make_pool):
     pool = await make_pool(max_kernels=1, shutdown_timeout=0.5)
     task = await started_marker(
-        pool, "print('started', flush=True)\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        pool, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('started', flush=True)\n"
         "while True: time.sleep(0.01)", "a"
     )
     (kernel,) = pool.stats().kernels
