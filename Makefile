@@ -18,7 +18,8 @@ demo: $(STAMP)  ## four sessions run a one-second cell at once
 chromium:  ## Debian's Chromium for the browser tests (installed as root when missing)
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium  ## the whole suite: real kernels, real JupyterLab, real Chromium
+test: $(STAMP) chromium  ## the whole suite: lint, real kernels, real JupyterLab, real Chromium
+	$(BIN)/ruff check jupyter_sessionpool tests bench examples
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)  ## everything but the browser tests

@@ -11,7 +11,6 @@ Every argument is checked before the pool is touched: bad arguments raise IPytho
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import inspect
 import shlex
@@ -27,7 +26,7 @@ from traitlets import Int
 from ._routing import in_kernel, route_to_current_cell
 from .config import check_session, check_timeout
 from .errors import ExecutionError, PoolError
-from .execution import ExecutionResult, OutputCallback
+from .execution import ExecutionResult
 from .sync import KernelPool
 
 CELL_USAGE = "usage: %%pool session=NAME [timeout=SECONDS] [--bg]"

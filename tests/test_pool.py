@@ -12,7 +12,6 @@ import pytest
 
 from poolkit import started_marker, until
 from jupyter_sessionpool import (
-    AsyncKernelPool,
     CheckoutTimeout,
     ExecutionTimeout,
     KernelDied,
