@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
+import os
 import shutil
 import tempfile
 import time
@@ -30,6 +32,24 @@ from .stats import PoolStats, snapshot
 
 Subscriber = Callable[[PoolStats], Any]
 _UNSET: Any = object()
+
+
+def reap_runtime_dirs() -> None:
+    """Remove runtime directories left by pools whose process died (e.g. by SIGKILL).
+
+    Their kernels died with them; what remains is connection files and sockets, harmless
+    (0600 in a 0700 directory) but clutter. A directory is ``jsp-<pid>-*`` in the temp dir.
+    """
+    for path in Path(tempfile.gettempdir()).glob("jsp-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def check_kernelspec(name: str) -> None:
@@ -191,8 +211,10 @@ class AsyncKernelPool(PoolSettings):
         if self._loop is not None:
             return self
         self._loop = asyncio.get_running_loop()
-        self._dir = Path(tempfile.mkdtemp(prefix="jsp-"))  # 0700, short: ipc paths stay < 107 bytes
-        atexit.register(shutil.rmtree, self._dir, True)
+        reap_runtime_dirs()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"jsp-{os.getpid()}-"))  # 0700; short: ipc paths < 107 bytes
+        self._remove_dir = functools.partial(shutil.rmtree, self._dir, ignore_errors=True)
+        atexit.register(self._remove_dir)
         self._context = zmq.asyncio.Context()
         self._apply(self._books.settle())
         return self
@@ -227,8 +249,8 @@ class AsyncKernelPool(PoolSettings):
             while self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             self._context.destroy(linger=0)
-            shutil.rmtree(self._dir, ignore_errors=True)
-            atexit.unregister(shutil.rmtree)
+            self._remove_dir()
+            atexit.unregister(self._remove_dir)
             self._closed.set_result(None)
         await self._closed
 

@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 from traitlets.config import Config
@@ -122,6 +124,10 @@ def test_kernels_die_with_the_pools_process(tmp_path, sig):
         proc.wait(10)
         gone, alive = psutil.wait_procs(kernels, timeout=10)
         assert alive == [], f"kernels outlived their pool: {alive}"
+        left = list(Path(tempfile.gettempdir()).glob(f"jsp-{proc.pid}-*"))
+        assert left and all(p.stat().st_mode & 0o777 == 0o700 for p in left), "private, so harmless"
+        KernelPool().start().shutdown()  # the next pool to start reaps the dead pool's directory
+        assert not any(p.exists() for p in left)
     finally:
         proc.kill()
         proc.wait()
