@@ -24,6 +24,12 @@ in ``comm_info`` for frontends that connect later.
 Threads: comm callbacks run on whichever shell thread got the message (JupyterLab sends
 comm messages over a subshell, so actions work while a cell blocks the main shell);
 pool events arrive on the pool's thread; snapshots are sent from a timer thread.
+
+Every message goes out with an explicit IOPub parent (the frontend message it answers,
+or none for a pushed snapshot) rather than through ``comm.send``: ipykernel 7.4 routes a
+comm's *incoming* messages to the subshell of whatever it last published with, and a
+publish from a pool or timer thread names the main shell. Through ``comm.send`` the
+panel's Interrupt would wait behind the very cell it is meant to stop.
 """
 
 from __future__ import annotations
@@ -59,9 +65,12 @@ def register(shell: Any, get_pool: GetPool) -> None:
     """
     from comm import create_comm, get_comm_manager
 
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return  # plain IPython: no frontend to talk to
     bridge = getattr(shell, "_jupyter_sessionpool_bridge", None)
     if bridge is None:
-        bridge = PoolBridge(get_pool)
+        bridge = PoolBridge(kernel, get_pool)
         shell._jupyter_sessionpool_bridge = bridge
         shell.events.register("post_run_cell", bridge.follow_pool)
         bridge.beacon = create_comm(target_name=TARGET, data={"version": VERSION, "type": "hello"})
@@ -100,10 +109,17 @@ def snapshot_message(stats: PoolStats | None) -> dict[str, Any]:
     return {"version": VERSION, "type": "snapshot", "time": time.time(), "pool": pool}
 
 
+def publish(kernel: Any, comm: Any, data: dict[str, Any], parent: dict[str, Any]) -> None:
+    """Send ``data`` on ``comm`` with IOPub parent ``parent``; callable from any thread."""
+    content = {"comm_id": comm.comm_id, "data": data}
+    kernel.session.send(kernel.iopub_socket, "comm_msg", content, parent=parent, ident=comm.topic)
+
+
 class PoolBridge:
     """Follows one kernel's pool and fans its snapshots out to every open comm."""
 
-    def __init__(self, get_pool: GetPool) -> None:
+    def __init__(self, kernel: Any, get_pool: GetPool) -> None:
+        self.kernel = kernel
         self.get_pool = get_pool
         self.beacon: Any = None
         self._lock = threading.Lock()
@@ -119,8 +135,8 @@ class PoolBridge:
         """Comm target callback: accept a frontend's comm and send it the current state."""
         data = open_msg["content"].get("data")
         if not isinstance(data, dict) or data.get("version") != VERSION:
-            comm.send(self._reply(None, f"unsupported protocol version in comm_open data {data!r}; "
-                                        f"this kernel speaks {VERSION}"))
+            error = f"unsupported protocol version in comm_open data {data!r}; this kernel speaks {VERSION}"
+            publish(self.kernel, comm, self._reply(None, error), open_msg)
             comm.close()
             return
         comm.on_msg(lambda msg: self._on_msg(comm, msg))
@@ -130,7 +146,7 @@ class PoolBridge:
         self.follow_pool()
         with self._lock:
             latest = self._latest
-        comm.send(snapshot_message(latest))
+        publish(self.kernel, comm, snapshot_message(latest), open_msg)
 
     def _forget(self, comm_id: str) -> None:
         with self._lock:
@@ -146,7 +162,7 @@ class PoolBridge:
             error = self._act(action, session)
         except Exception as exc:  # reported to the frontend, never raised into the kernel
             error = str(exc) if isinstance(exc, ProtocolViolation) else f"{type(exc).__name__}: {exc}"
-        comm.send(self._reply(request_id, error))
+        publish(self.kernel, comm, self._reply(request_id, error), msg)
 
     def _act(self, action: str, session: str) -> str | None:
         """Run one named pool action; return an error text, or None when it worked."""
@@ -192,7 +208,7 @@ class PoolBridge:
             comms, stats = list(self._comms.values()), self._latest
         message = snapshot_message(stats)
         for comm in comms:
-            comm.send(message)
+            publish(self.kernel, comm, message, {})
 
 
 class Coalescer:

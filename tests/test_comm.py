@@ -61,11 +61,14 @@ class Frontend:
 
     def execute(self, code: str, timeout: float = 60) -> str:
         """Run ``code`` in the kernel, which must succeed; what it printed."""
-        msg_id = self.client.execute(code)
+        return self.finish(self.client.execute(code), timeout)
+
+    def finish(self, msg_id: str, timeout: float = 60) -> str:
+        """Wait for the cell sent as ``msg_id``, which must succeed; what it printed."""
         deadline = time.monotonic() + timeout
         while msg_id not in self._idle:
             if time.monotonic() > deadline:
-                raise AssertionError(f"cell did not finish within {timeout} s: {code}")
+                raise AssertionError(f"cell {msg_id} did not finish within {timeout} s")
             self._pump(deadline)
         reply = self.client.get_shell_msg(timeout=timeout)
         assert reply["parent_header"]["msg_id"] == msg_id
@@ -79,8 +82,19 @@ class Frontend:
         self.client.shell_channel.send(self.client.session.msg("comm_open", content))
         return comm_id
 
-    def send(self, comm_id: str, data: Any) -> None:
-        self.client.shell_channel.send(self.client.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
+    def send(self, comm_id: str, data: Any, subshell: str | None = None) -> None:
+        """A comm_msg on the main shell, or on ``subshell`` as JupyterLab sends them."""
+        msg = self.client.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+        if subshell is not None:
+            msg["header"]["subshell_id"] = subshell
+        self.client.shell_channel.send(msg)
+
+    def create_subshell(self) -> str:
+        """A new kernel subshell (JEP 91); its id."""
+        self.client.control_channel.send(self.client.session.msg("create_subshell_request", {}))
+        reply = self.client.control_channel.get_msg(timeout=30)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return reply["content"]["subshell_id"]
 
     def wait(self, comm_id: str, predicate: Callable[[Data], bool], timeout: float = 60) -> tuple[Data, list[Data]]:
         """Take messages on ``comm_id`` until one satisfies ``predicate``.
@@ -196,6 +210,19 @@ def test_actions_interrupt_restart_release(frontend: Frontend) -> None:
 
     reply = frontend.request(comm_id, action("release", "a"))
     assert (reply["ok"], reply["error"]) == (False, "session 'a' holds no kernel")
+
+
+def test_actions_on_a_subshell_run_while_a_cell_blocks_the_main_shell(frontend: Frontend) -> None:
+    frontend.execute(SETUP + "pool = KernelPool(max_kernels=1)\npool.execute('1', session='a')")
+    comm_id = frontend.open()  # on the main shell, as JupyterLab does before its subshell exists
+    frontend.wait(comm_id, lambda d: session_state(d, "a") == "idle")
+    subshell = frontend.create_subshell()
+    cell = frontend.client.execute("print(pool.execute('import time; time.sleep(300)', session='a').error['ename'])")
+    frontend.wait(comm_id, lambda d: session_state(d, "a") == "busy")  # pushed from the pool's thread
+    frontend.send(comm_id, action("interrupt", "a"), subshell=subshell)
+    reply, _ = frontend.wait(comm_id, lambda d: d.get("type") == "reply", timeout=20)
+    assert reply["ok"] is True
+    assert frontend.finish(cell, timeout=20) == "KeyboardInterrupt\n"
 
 
 def test_action_without_pool_is_an_error_reply(frontend: Frontend) -> None:
