@@ -28,9 +28,19 @@ test-fast: $(STAMP)  ## everything but the browser tests
 lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
 	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=examples
 
-bench: $(STAMP)  ## benchmarks against raw jupyter_client and the peers; writes docs/benchmarks.md
-	$(BIN)/pip install -q -e ".[test,bench]"
-	$(BIN)/python bench/run.py
+# The peers (ipyparallel's lab extension among them) go into a venv of their own, so they
+# never disturb the shared .venv and its browser tests; pinned to .venv's versions.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml $(STAMP)
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	echo '*' > $(BENCH_VENV)/.gitignore
+	$(BIN)/pip freeze --exclude-editable > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install -q -U pip
+	SKIP_JUPYTER_BUILDER=1 $(BENCH_VENV)/bin/pip install -q -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
+	touch $@
+
+bench: $(BENCH_VENV)/.installed  ## the pool against raw jupyter_client and its peers (~10 min); writes docs/benchmarks.md
+	$(BENCH_VENV)/bin/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
