@@ -2,27 +2,12 @@
  * The side panel: every kernel of the active notebook's pool, live, with
  * per-session actions.
  */
-import { Widget } from '@lumino/widgets';
 import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
 
+import { Format, KernelCard } from './kernelCard';
 import { IPoolModel, PoolViewState } from './model';
 import { Action, IKernelStats } from './protocol';
-
-const COLUMNS = [
-  'Kernel',
-  'PID',
-  'State',
-  'Session',
-  'Busy for',
-  'Runs',
-  'Memory',
-  'Actions'
-];
-const ACTIONS: { action: Action; label: string }[] = [
-  { action: 'interrupt', label: 'Interrupt' },
-  { action: 'restart', label: 'Restart' },
-  { action: 'release', label: 'Release' }
-];
 
 /** The panel widget; it renders the model and redraws "busy for" each second. */
 export class PoolPanel extends Widget {
@@ -35,8 +20,8 @@ export class PoolPanel extends Widget {
     this._model = model;
     const heading = Private.element('h2', 'jsp-Panel-heading', 'Kernel pool');
     this._summary = Private.element('p', 'jsp-Panel-summary');
-    this._table = Private.table();
-    this._tbody = this._table.tBodies[0];
+    this._list = Private.element('ul', 'jsp-Panel-kernels');
+    this._list.setAttribute('aria-label', 'Kernels');
     this._waiting = Private.element('p', 'jsp-Panel-waiting');
     this._counters = Private.element('p', 'jsp-Panel-counters');
     this._error = Private.element('p', 'jsp-Panel-error');
@@ -44,10 +29,10 @@ export class PoolPanel extends Widget {
     this.node.append(
       heading,
       this._summary,
-      this._table,
+      this._error,
+      this._list,
       this._waiting,
-      this._counters,
-      this._error
+      this._counters
     );
     model.changed.connect(() => this._render(), this);
     this._render();
@@ -70,29 +55,23 @@ export class PoolPanel extends Widget {
     const state = this._model.state;
     this._summary.textContent = Private.summary(state);
     if (state.kind !== 'pool') {
-      this._table.hidden = true;
+      this._renderCards([], 0);
       this._waiting.textContent = '';
       this._counters.textContent = '';
-      this._rows.forEach(row => row.remove());
-      this._rows.clear();
       this._stopTicking();
       return;
     }
     const pool = state.snapshot.pool;
     const now = state.snapshot.time + (Date.now() - state.receivedAt) / 1000;
-    this._table.hidden = false;
-    this._renderRows(pool.kernels, now);
+    this._renderCards(pool.kernels, now);
     this._waiting.textContent = pool.waiting.length
       ? 'Waiting: ' +
         pool.waiting
-          .map(
-            w =>
-              `${w.session ?? '(any)'} for ${Private.duration(now - w.since)}`
-          )
+          .map(w => `${w.session ?? '(any)'} ${Format.duration(now - w.since)}`)
           .join(', ')
       : '';
     this._counters.textContent = Object.entries(pool.counters)
-      .map(([name, value]) => `${name} ${value}`)
+      .map(([name, value]) => `${name.replace('_', ' ')} ${value}`)
       .join(' · ');
     const busy = pool.kernels.some(k => k.state === 'busy');
     if (busy && this.isVisible) {
@@ -102,77 +81,28 @@ export class PoolPanel extends Widget {
     }
   }
 
-  /** Update rows in place (keyed by kernel id) so buttons survive redraws. */
-  private _renderRows(kernels: IKernelStats[], now: number): void {
+  /** Update cards in place (keyed by kernel id), in the snapshot's order. */
+  private _renderCards(kernels: IKernelStats[], now: number): void {
     const seen = new Set<string>();
     kernels.forEach((kernel, index) => {
       seen.add(kernel.kernel_id);
-      let row = this._rows.get(kernel.kernel_id);
-      if (row === undefined) {
-        row = Private.row(COLUMNS.length);
-        this._rows.set(kernel.kernel_id, row);
+      let card = this._cards.get(kernel.kernel_id);
+      if (card === undefined) {
+        card = new KernelCard((action, session) => {
+          void this._act(action, session);
+        });
+        this._cards.set(kernel.kernel_id, card);
       }
-      this._fillRow(row, kernel, now);
-      if (this._tbody.children[index] !== row) {
-        this._tbody.insertBefore(row, this._tbody.children[index] ?? null);
+      card.update(kernel, now, this._pending.has(kernel.session ?? ''));
+      if (this._list.children[index] !== card.node) {
+        this._list.insertBefore(card.node, this._list.children[index] ?? null);
       }
     });
-    this._rows.forEach((row, id) => {
+    this._cards.forEach((card, id) => {
       if (!seen.has(id)) {
-        row.remove();
-        this._rows.delete(id);
+        card.node.remove();
+        this._cards.delete(id);
       }
-    });
-  }
-
-  private _fillRow(
-    row: HTMLTableRowElement,
-    kernel: IKernelStats,
-    now: number
-  ): void {
-    const cells = row.cells;
-    row.dataset.kernel = kernel.kernel_id;
-    row.dataset.state = kernel.state;
-    const busyFor =
-      kernel.state === 'busy' && kernel.busy_since !== null
-        ? Private.duration(now - kernel.busy_since)
-        : '';
-    const texts = [
-      kernel.kernel_id.slice(0, 8),
-      `${kernel.pid ?? ''}`,
-      kernel.state,
-      kernel.session ?? '',
-      busyFor,
-      `${kernel.executions}`,
-      Private.bytes(kernel.rss)
-    ];
-    texts.forEach((text, i) => {
-      if (cells[i].textContent !== text) {
-        cells[i].textContent = text;
-      }
-    });
-    cells[2].className = `jsp-state jsp-state-${kernel.state}`;
-    const session = kernel.session ?? '';
-    if ((row.dataset.session ?? '') !== session || !row.dataset.actions) {
-      row.dataset.session = session;
-      row.dataset.actions = 'yes';
-      cells[COLUMNS.length - 1].replaceChildren(
-        ...(kernel.session === null ? [] : this._buttons(kernel.session))
-      );
-    }
-    const pending = this._pending.has(session);
-    row
-      .querySelectorAll('button')
-      .forEach(button => (button.disabled = pending));
-  }
-
-  private _buttons(session: string): HTMLButtonElement[] {
-    return ACTIONS.map(({ action, label }) => {
-      const button = Private.element('button', 'jp-Button jsp-Panel-action');
-      button.textContent = label;
-      button.setAttribute('aria-label', `${label} session ${session}`);
-      button.addEventListener('click', () => void this._act(action, session));
-      return button;
     });
   }
 
@@ -205,12 +135,11 @@ export class PoolPanel extends Widget {
 
   private _model: IPoolModel;
   private _summary: HTMLElement;
-  private _table: HTMLTableElement;
-  private _tbody: HTMLTableSectionElement;
+  private _list: HTMLUListElement;
   private _waiting: HTMLElement;
   private _counters: HTMLElement;
   private _error: HTMLElement;
-  private _rows = new Map<string, HTMLTableRowElement>();
+  private _cards = new Map<string, KernelCard>();
   private _pending = new Set<string>();
   private _ticker: number | null = null;
 }
@@ -225,28 +154,6 @@ namespace Private {
     const node = document.createElement(tag);
     node.className = className;
     node.textContent = text;
-    return node;
-  }
-
-  /** The kernels table, with its header and an empty body. */
-  export function table(): HTMLTableElement {
-    const node = element('table', 'jsp-Panel-table');
-    const header = node.createTHead().insertRow();
-    COLUMNS.forEach(name => {
-      const th = element('th', '', name);
-      th.scope = 'col';
-      header.append(th);
-    });
-    node.createTBody();
-    return node;
-  }
-
-  /** An empty row of `n` cells. */
-  export function row(n: number): HTMLTableRowElement {
-    const node = document.createElement('tr');
-    for (let i = 0; i < n; i++) {
-      node.insertCell();
-    }
     return node;
   }
 
@@ -273,22 +180,5 @@ namespace Private {
         );
       }
     }
-  }
-
-  /** Seconds as `4.2 s`, `3 min 5 s` or `2 h 1 min`. */
-  export function duration(seconds: number): string {
-    const s = Math.max(0, seconds);
-    if (s < 60) {
-      return `${s.toFixed(1)} s`;
-    }
-    if (s < 3600) {
-      return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
-    }
-    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-  }
-
-  /** Bytes as MiB, or empty when unknown. */
-  export function bytes(n: number | null): string {
-    return n === null ? '' : `${(n / 2 ** 20).toFixed(1)} MiB`;
   }
 }

@@ -32,8 +32,8 @@ def open_panel(page: Page) -> Locator:
 
 
 def row(panel: Locator, session: str, state: str | None = None) -> Locator:
-    """The panel's table row for ``session`` (in ``state``, if given)."""
-    selector = f"tr[data-session='{session}']" + (f"[data-state='{state}']" if state else "")
+    """The panel's card for ``session``'s kernel (in ``state``, if given)."""
+    selector = f".jsp-Kernel[data-session='{session}']" + (f"[data-state='{state}']" if state else "")
     return panel.locator(selector)
 
 
@@ -75,7 +75,8 @@ def test_sessions_live_background_output_and_panel_actions(page: Page, lab_url: 
     expect(status).to_have_text("Pool 0/4 busy")
     expect(row(panel, "a", "idle")).to_be_visible()
     expect(row(panel, "b", "idle")).to_be_visible()
-    expect(row(panel, "a").locator("td").nth(5)).to_have_text("1")  # executions
+    expect(row(panel, "a").locator(".jsp-Kernel-runs")).to_have_text("1 run")
+    expect(row(panel, "a").locator(".jsp-Kernel-memory")).to_have_text(re.compile(r"^\d+\.\d MiB$"))
 
     # a background cell on a, then a long foreground cell on b: both busy at once
     run_cell(page, 3)
@@ -83,6 +84,7 @@ def test_sessions_live_background_output_and_panel_actions(page: Page, lab_url: 
     run_cell(page, 4)
     expect(output(page, 4)).to_contain_text("long started")
     expect(row(panel, "b", "busy")).to_be_visible()
+    expect(row(panel, "b").locator(".jsp-Kernel-busy")).to_have_text(re.compile(r"^busy for [1-9]\d*\.\d s$"))  # ticks
     expect(status).to_have_text(re.compile(r"^Pool [12]/4 busy$"))
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
