@@ -26,7 +26,7 @@ test-fast: $(STAMP)  ## everything but the browser tests
 	$(BIN)/python -m pytest -m "not browser"
 
 lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
-	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=examples
+	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=examples $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The peers (ipyparallel's lab extension among them) go into a venv of their own, so they
 # never disturb the shared .venv and its browser tests; pinned to .venv's versions.
