@@ -51,6 +51,12 @@ def processes_of_this_run() -> list[tuple[int, str]]:
     return found
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser tests last: Playwright's sync API keeps an event loop running on the
+    main thread while its session fixture lives, which asyncio tests after it cannot share."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_orphans():
     """Fail the run if any process it started outlives it."""
