@@ -8,9 +8,16 @@ absolute times drift.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import websocket
+from jupyter_client.jsonutil import json_default
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.session import Session
+
+matplotlib.use("Agg")  # files only, never a window
+
+HERE = Path(__file__).resolve().parent
 
 Variant = Callable[[], Any]  # a sync callable or one returning an awaitable
 
@@ -103,6 +118,9 @@ def ratio(a: float, b: float) -> str:
 
 # ---- report sections -----------------------------------------------------------------
 
+# Where Section.figure saves PNGs: next to the report. run.py points it at docs/ for a full run.
+FIGURE_DIR = HERE / "results"
+
 
 @dataclass
 class Target:
@@ -130,11 +148,21 @@ class Section:
     tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
     raw: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
 
     def table(self, headers: list[str], rows: list[list[str]]) -> None:
         self.tables.append((headers, rows))
+
+    def figure(self, fig: Any, name: str, caption: str) -> None:
+        """Save a matplotlib figure as ``FIGURE_DIR/name`` (a PNG beside the report) and close it."""
+        import matplotlib.pyplot as plt
+
+        fig.tight_layout()
+        fig.savefig(FIGURE_DIR / name, dpi=110)
+        plt.close(fig)
+        self.figures.append((name, caption))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -226,3 +254,188 @@ async def raw_execute(kc: Any, code: str, timeout: float = 30) -> dict[str, Any]
             and msg["content"]["execution_state"] == "idle"
         ):
             return reply
+
+
+def execute_request(code: str) -> dict[str, Any]:
+    """An ``execute_request`` message as a front end sends it (used over websockets)."""
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
+    return Session().msg("execute_request", content=content)
+
+
+# ---- process memory and files ----------------------------------------------------------
+
+
+def memory(pid: int) -> dict[str, int]:
+    """``Rss`` and ``Pss`` of a process in bytes (``/proc/PID/smaps_rollup``).
+
+    Pss charges each shared page to its sharers in equal parts, so the Pss of N kernels
+    sums to what they really cost together; Rss counts shared pages in every process.
+    """
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key.lower()] = int(rest.split()[0]) * 1024
+    return out
+
+
+def open_files(pid: int) -> int:
+    """Number of open file descriptors (files, sockets, pipes, zmq's eventfds) of a process."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def settled(pid: int, window: float = 0.5, quiet: float = 0.05, timeout: float = 60) -> None:
+    """Wait until a process and its descendants use under ``quiet`` CPU-seconds per ``window``.
+
+    For peers that report kernels before they are ready (a gateway lists a prespawned
+    kernel as soon as its process is spawned): once the kernels stop burning CPU on
+    imports they are idle.
+    """
+    import psutil
+
+    def cpu() -> float:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    deadline = time.monotonic() + timeout
+    before = cpu()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(window)
+        now = cpu()
+        if now - before < quiet:
+            return
+        before = now
+
+
+# ---- peers: ipyparallel and Jupyter Kernel Gateway -------------------------------------
+
+
+@asynccontextmanager
+async def ipp_cluster(n: int) -> AsyncIterator[Any]:
+    """A local ipyparallel cluster of ``n`` engines and its connected Client; always stopped."""
+    import ipyparallel as ipp
+
+    cluster = ipp.Cluster(n=n, log_level=40)
+    try:
+        rc = await cluster.start_and_connect(n=n)
+        try:
+            yield rc
+        finally:
+            rc.close()
+    finally:
+        await cluster.stop_cluster()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayKernel:
+    """One kernel of a Kernel Gateway, driven over its websocket as a front end would."""
+
+    def __init__(self, url: str) -> None:
+        self.ws = websocket.create_connection(url)  # websocket-client sets TCP_NODELAY on its side
+
+    def execute(self, code: str) -> dict[str, Any]:
+        """One round trip: the ``execute_reply`` *and* the iopub ``idle`` of the request."""
+        msg = execute_request(code)
+        msg["channel"] = "shell"
+        self.ws.send(json.dumps(msg, default=json_default))
+        msg_id, reply, idle = msg["header"]["msg_id"], None, False
+        while reply is None or not idle:
+            got = json.loads(self.ws.recv())
+            if got["parent_header"].get("msg_id") != msg_id:
+                continue
+            if got["msg_type"] == "execute_reply":
+                reply = got
+            elif got["msg_type"] == "status" and got["content"]["execution_state"] == "idle":
+                idle = True
+        return reply
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class Gateway:
+    """A running ``jupyter kernelgateway`` (jupyter-websocket personality) on 127.0.0.1."""
+
+    def __init__(self, port: int) -> None:
+        self.http = f"http://127.0.0.1:{port}/api/kernels"
+        self.ws = f"ws://127.0.0.1:{port}/api/kernels"
+
+    def _request(self, method: str, url: str) -> Any:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def kernels(self) -> list[dict[str, Any]]:
+        """``GET /api/kernels`` (needs ``list_kernels=True``; it is how clients find prespawned kernels)."""
+        return self._request("GET", self.http)
+
+    def start(self) -> str:
+        """``POST /api/kernels``: a new kernel's id (returns once the process is spawned, not ready)."""
+        return self._request("POST", self.http)["id"]
+
+    def connect(self, kernel_id: str) -> GatewayKernel:
+        return GatewayKernel(f"{self.ws}/{kernel_id}/channels")
+
+    def delete(self, kernel_id: str) -> None:
+        self._request("DELETE", f"{self.http}/{kernel_id}")
+
+
+@asynccontextmanager
+async def kernel_gateway(prespawn: int, nodelay: bool, timeout: float = 120) -> AsyncIterator[Gateway]:
+    """A Kernel Gateway with ``prespawn`` kernels, all listed and idle; SIGTERM'd and awaited at the end.
+
+    ``nodelay`` launches it through ``gateway_launch.py --nodelay``, which sets TCP_NODELAY
+    on every accepted websocket (stock jupyter_server never does: each reply then waits on
+    Nagle + delayed ACK, ~40 ms).
+    """
+    port = free_port()
+    log = open(Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"gateway-{port}.log", "wb")
+    cmd = [sys.executable, str(HERE / "gateway_launch.py"), *(["--nodelay"] if nodelay else [])]
+    cmd += [
+        "--KernelGatewayApp.ip=127.0.0.1",
+        f"--KernelGatewayApp.port={port}",
+        f"--KernelGatewayApp.prespawn_count={prespawn}",
+        "--JupyterWebsocketPersonality.list_kernels=True",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    gateway = Gateway(port)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"kernel gateway exited with {proc.returncode}; see {log.name}")
+            try:
+                listed = gateway.kernels()
+                # execution_state stays 'starting' until a client connects: settle on 'listed'
+                if len(listed) >= prespawn:
+                    break
+            except (urllib.error.URLError, ConnectionError):  # not listening yet, or HTTP 500 mid-prespawn
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kernel gateway not ready with {prespawn} kernels after {timeout} s")
+            await asyncio.sleep(0.1)
+        await settled(proc.pid)  # listed is not ready: the kernels are still importing
+        yield gateway
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -13,6 +13,8 @@ from _common import (
     Stats,
     Target,
     interleaved,
+    ipp_cluster,
+    kernel_gateway,
     raw_execute,
     raw_kernel,
     stats_rows,
@@ -32,15 +34,26 @@ includes checkout and check-in of session `a`; `Lease.execute` runs on a lease h
 the whole measurement (no checkout). The blocking pair: `KernelPool.execute` (the sync
 facade, which hands the call to the pool's own loop thread) against a
 `BlockingKernelClient` on a raw ipc kernel. ipyparallel: one engine of a local
-`ipp.Cluster(n=1)`, `rc[0].apply_sync(lambda: None)` and `rc[0].execute("pass", block=True)`."""
+`ipp.Cluster(n=1)`, `rc[0].apply_sync(lambda: None)` and `rc[0].execute("pass", block=True)`.
+
+The second table puts Jupyter Kernel Gateway beside them: `execute("pass")` over the
+kernel's websocket (JSON messages, websocket-client) on a gateway started with
+`prespawn_count=1`, stock and with TCP_NODELAY on its websockets (see item 2),
+{gw_reps} interleaved rounds with the raw ipc kernel and `pool.execute` as the reference."""
+
+IPP_WHY = (
+    "ipyparallel's engine answers `apply` without IPython's cell machinery (no `run_cell`, no "
+    "`execute_input`, no history), so its kernel-side work is smaller than a cell's; see the profile notes."
+)
 
 
 async def measure(quick: bool) -> Section:
     reps, warmup = (60, 10) if quick else (1000, 50)
+    gw_reps = reps // 5
     section = Section(
         "overhead",
-        '1. Execute overhead: `pool.execute("pass")` vs raw jupyter_client',
-        METHOD.format(reps=reps, warmup=warmup),
+        '1. Per-cell overhead: `pool.execute("pass")` vs raw jupyter_client, ipyparallel, Kernel Gateway',
+        METHOD.format(reps=reps, warmup=warmup, gw_reps=gw_reps),
     )
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(AsyncKernelPool(max_kernels=2, min_idle=2))
@@ -56,10 +69,7 @@ async def measure(quick: bool) -> Section:
         kc_blocking.wait_for_ready(timeout=60)
         sync_pool = stack.enter_context(KernelPool(max_kernels=1, min_idle=1))
         await asyncio.to_thread(sync_pool.wait_ready, 120)
-        cluster = ipp.Cluster(n=1, log_level=40)
-        stack.push_async_callback(cluster.stop_cluster)
-        rc = await cluster.start_and_connect(n=1)
-        stack.callback(rc.close)
+        rc = await stack.enter_async_context(ipp_cluster(1))
         engine = rc[0]
         noop = ipp.interactive(lambda: None)  # pickled by value: the engine cannot import this module
         variants = {
@@ -73,11 +83,27 @@ async def measure(quick: bool) -> Section:
             "ipyparallel execute": lambda: engine.execute("pass", block=True),
         }
         samples = await interleaved(variants, reps, warmup)
-    section.raw = samples
+        stock = await stack.enter_async_context(kernel_gateway(1, nodelay=False))
+        nodelay = await stack.enter_async_context(kernel_gateway(1, nodelay=True))
+        kg_stock = stock.connect(stock.kernels()[0]["id"])
+        stack.callback(kg_stock.close)
+        kg_nodelay = nodelay.connect(nodelay.kernels()[0]["id"])
+        stack.callback(kg_nodelay.close)
+        gateway_variants = {
+            "raw ipc": variants["raw ipc"],
+            "pool.execute": variants["pool.execute"],
+            "Kernel Gateway websocket, stock": lambda: kg_stock.execute("pass"),
+            "Kernel Gateway websocket, TCP_NODELAY": lambda: kg_nodelay.execute("pass"),
+        }
+        gw_samples = await interleaved(gateway_variants, gw_reps, warmup // 5)
+    section.raw = {"local": samples, "gateway": gw_samples}
     section.table(STATS_HEADERS, stats_rows(samples, "raw ipc"))
-    pool_p50 = Stats.of(samples["pool.execute"]).p50
-    raw_p50 = Stats.of(samples["raw ipc"]).p50
+    section.table(STATS_HEADERS, stats_rows(gw_samples, "raw ipc"))
+    p50 = {name: Stats.of(xs).p50 for name, xs in samples.items()}
+    pool_p50, raw_p50 = p50["pool.execute"], p50["raw ipc"]
     section.targets.append(Target("pool.execute p50 / raw ipc p50", pool_p50 / raw_p50, 1.05, "x"))
+    for peer in ("ipyparallel apply_sync", "ipyparallel execute"):
+        section.targets.append(Target(f"pool.execute p50 / {peer} p50", pool_p50 / p50[peer], 1.0, "x", IPP_WHY))
     sync_p50 = Stats.of(samples["KernelPool.execute (sync)"]).p50
     blocking_p50 = Stats.of(samples["raw BlockingKernelClient (ipc)"]).p50
     section.targets.append(

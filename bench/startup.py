@@ -1,14 +1,26 @@
-"""Items 4 and 5: cold start to ready/first result, and a new session's first result on a prewarmed pool."""
+"""Item 2: time to a ready kernel for a new session: cold, lazy pool, prewarmed pool, Kernel Gateway prespawn."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import zmq.asyncio
-from _common import STATS_HEADERS, Parts, Section, Stats, Target, interleaved, raw_execute, stats_rows
+from _common import (
+    STATS_HEADERS,
+    Gateway,
+    Parts,
+    Section,
+    Stats,
+    Target,
+    interleaved,
+    kernel_gateway,
+    raw_execute,
+    stats_rows,
+)
 from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_sessionpool import AsyncKernelPool
@@ -26,7 +38,20 @@ reply + a live iopub message, no trailing 0.2 s flush). *lazy pool*: an entered
 session="a")` to its result. *prewarmed*: `AsyncKernelPool(max_kernels=2, min_idle=1)`
 with its idle kernel ready; `pool.execute("pass", session=<new name>)`, split into
 checkout of the new session and the first cell; the session is then released and the
-replacement awaited (untimed). With {reps} samples, p99 is close to the slowest sample."""
+replacement awaited (untimed). *Kernel Gateway prespawned*: `jupyter kernelgateway`
+(jupyter-websocket personality, `list_kernels=True`) launched with
+`--KernelGatewayApp.prespawn_count={prespawn}` and left to settle; a new client finds a
+prespawned kernel with `GET /api/kernels` (a `POST` always starts a new kernel), opens its
+websocket and runs `pass`; the kernel is then deleted (untimed). *stock* is the gateway
+as installed; *TCP_NODELAY* is the same gateway with TCP_NODELAY set on its websockets
+(`bench/gateway_launch.py --nodelay`), which jupyter_server never does.
+With {reps} samples, p99 is close to the slowest sample."""
+
+GATEWAY_WHY = (
+    "Kernel Gateway's {flavor} first result is {ratio:.1f}x the pool's: a client must list the kernels "
+    "and open a websocket (HTTP upgrade, then the server nudges the kernel with `kernel_info` until iopub "
+    "answers) before its first cell"
+)
 
 
 async def jupyter_client_start() -> Parts:
@@ -75,18 +100,33 @@ async def lazy_pool_first_result() -> Parts:
         return Parts({"lazy pool first result": time.perf_counter() - t0})
 
 
+def gateway_attach(gateway: Gateway, label: str) -> Parts:
+    """A new client's first result on a prespawned gateway kernel; the kernel is deleted afterwards."""
+    t0 = time.perf_counter()
+    kernel_id = gateway.kernels()[0]["id"]
+    kernel = gateway.connect(kernel_id)
+    kernel.execute("pass")
+    elapsed = time.perf_counter() - t0
+    kernel.close()
+    gateway.delete(kernel_id)
+    return Parts({label: elapsed})
+
+
 async def measure(quick: bool) -> Section:
     reps, warmup = (2, 1) if quick else (12, 1)
     section = Section(
         "startup",
-        "4–5. Cold start, and a new session's first result on a prewarmed pool",
-        METHOD.format(reps=reps, warmup=warmup),
+        "2. Time to a ready kernel for a new session",
+        METHOD.format(reps=reps, warmup=warmup, prespawn=reps + warmup),
     )
     runtime = Path(tempfile.mkdtemp(prefix="jsp-bk-"))
     context = zmq.asyncio.Context()
     names = iter(range(1_000_000))
     try:
-        async with AsyncKernelPool(max_kernels=2, min_idle=1) as warm:
+        async with AsyncExitStack() as stack:
+            stock = await stack.enter_async_context(kernel_gateway(reps + warmup, nodelay=False))
+            nodelay = await stack.enter_async_context(kernel_gateway(reps + warmup, nodelay=True))
+            warm = await stack.enter_async_context(AsyncKernelPool(max_kernels=2, min_idle=1))
 
             async def prewarmed() -> Parts:
                 await warm.wait_ready(timeout=60)
@@ -106,6 +146,8 @@ async def measure(quick: bool) -> Section:
                     "PooledKernel": lambda: pooled_kernel_start(runtime, context),
                     "lazy pool": lazy_pool_first_result,
                     "prewarmed": prewarmed,
+                    "gateway stock": lambda: gateway_attach(stock, "Kernel Gateway prespawned, stock"),
+                    "gateway nodelay": lambda: gateway_attach(nodelay, "Kernel Gateway prespawned, TCP_NODELAY"),
                 },
                 reps,
                 warmup,
@@ -116,13 +158,33 @@ async def measure(quick: bool) -> Section:
             leftover.unlink()
         runtime.rmdir()
     section.raw = samples
-    cold = {k: samples[k] for k in ("jupyter_client ready", "PooledKernel.start")}
-    first = {k: samples[k] for k in ("jupyter_client first result", "lazy pool first result", "prewarmed first result")}
-    parts = {k: samples[k] for k in ("jupyter_client first cell alone", "prewarmed: checkout of new session")}
-    section.table(STATS_HEADERS, stats_rows(cold, "jupyter_client ready"))
-    section.table(STATS_HEADERS, stats_rows(first, "jupyter_client first result"))
-    section.table(STATS_HEADERS, stats_rows(parts, None))
+    stock_name, nodelay_name = "Kernel Gateway prespawned, stock", "Kernel Gateway prespawned, TCP_NODELAY"
+    first = [
+        "prewarmed first result",
+        stock_name,
+        nodelay_name,
+        "lazy pool first result",
+        "jupyter_client first result",
+    ]
+    cold = ["jupyter_client ready", "PooledKernel.start"]
+    parts = ["jupyter_client first cell alone", "prewarmed: checkout of new session"]
+    section.table(STATS_HEADERS, stats_rows({k: samples[k] for k in first}, "prewarmed first result"))
+    section.table(STATS_HEADERS, stats_rows({k: samples[k] for k in cold}, "jupyter_client ready"))
+    section.table(STATS_HEADERS, stats_rows({k: samples[k] for k in parts}, None))
     p50 = {k: Stats.of(v).p50 for k, v in samples.items()}
+    for name, flavor in ((stock_name, "stock"), (nodelay_name, "TCP_NODELAY")):
+        r = p50[name] / p50["prewarmed first result"]
+        if r > 1:
+            section.notes.append(
+                GATEWAY_WHY.format(flavor=flavor, ratio=r)
+                + (
+                    ", and on the stock gateway the reply then waits ~40 ms for Nagle + delayed ACK."
+                    if flavor == "stock"
+                    else "."
+                )
+            )
+        else:
+            section.notes.append(f"Kernel Gateway ({flavor}) wins here: {r:.2f}x the pool's first result.")
     section.notes.append(
         "Most of the cold-start gain is jupyter_client's `wait_for_ready()` ending with an iopub flush "
         "(`get_msg(timeout=0.2)` until empty), which always adds at least 0.2 s after the kernel is ready; "
