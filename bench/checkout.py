@@ -1,4 +1,4 @@
-"""Item 2: checking out and back in a kernel that is already started and idle."""
+"""Item 2b: checking out and back in a kernel that is already started and idle."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ cell, so its kernel is bound and idle. Each sample is `async with pool.checkout(
 entered and exited with nothing inside, {reps} samples per variant after {warmup}
 warm-up rounds, interleaved. *session a* re-checks-out the bound kernel (the common
 case: a session's next cell); *anonymous* takes the pool's anonymous kernel. Taking a
-fresh prewarmed kernel for a *new* session is item 5."""
+fresh prewarmed kernel for a *new* session is item 2."""
 
 
 async def measure(quick: bool) -> Section:
     reps, warmup = (200, 20) if quick else (3000, 200)
-    section = Section("checkout", "2. Checkout of a prewarmed idle kernel", METHOD.format(reps=reps, warmup=warmup))
+    section = Section("checkout", "2b. Checkout of a prewarmed idle kernel", METHOD.format(reps=reps, warmup=warmup))
 
     async with AsyncKernelPool(max_kernels=2, min_idle=2) as pool:
         await pool.wait_ready(timeout=120)

@@ -1,8 +1,9 @@
 """Run every benchmark item in one process, one after the other, and write the report.
 
-    .venv/bin/python bench/run.py            # full run: docs/benchmarks.md + bench/results/<time>.json
-    .venv/bin/python bench/run.py --quick    # few repetitions, to check the harness (report in bench/results/)
-    .venv/bin/python bench/run.py --only overhead,books
+    make bench                                   # full run: docs/benchmarks.md, docs/bench-*.png
+    .venv-bench/bin/python bench/run.py --quick  # few repetitions, to check the harness (all in bench/results/)
+    .venv-bench/bin/python bench/run.py --only overhead,books
+    .venv-bench/bin/python bench/run.py --only scale --churn-cycles 1000
 
 Every process the run starts carries ``JSP_BENCH_RUN=<id>`` in its environment; at the end
 any such process still alive is reported, killed, and fails the run.
@@ -32,15 +33,21 @@ os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 (_SCRATCH / "runtime").mkdir(mode=0o700)
 
-import books  # noqa: E402 - the environment above must be set before Jupyter modules load
+import _common  # noqa: E402 - the environment above must be set before Jupyter modules load
+import books  # noqa: E402
 import checkout  # noqa: E402
 import concurrency  # noqa: E402
+import magics  # noqa: E402
+import memory  # noqa: E402
 import overhead  # noqa: E402
 import report  # noqa: E402
+import scale  # noqa: E402
 import startup  # noqa: E402
+import throughput  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
-ITEMS = {m.__name__: m for m in (overhead, checkout, concurrency, startup, books)}
+# In the order of the issue's list; magics (the notebook front end) last.
+ITEMS = {m.__name__: m for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics)}
 
 
 def leftovers() -> list[tuple[int, str]]:
@@ -81,8 +88,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions; report goes to bench/results/")
     parser.add_argument("--only", default="", help=f"comma-separated items among {', '.join(ITEMS)}")
+    parser.add_argument(
+        "--churn-cycles", type=int, default=scale.CHURN_CYCLES, help="session create/release cycles (item 5)"
+    )
     args = parser.parse_args()
     chosen = [name for name in ITEMS if not args.only or name in args.only.split(",")]
+    unknown = set(args.only.split(",")) - set(ITEMS) - {""}
+    if unknown:
+        parser.error(f"unknown items: {', '.join(sorted(unknown))}")
+    scale.CHURN_CYCLES = args.churn_cycles
+    full = not (args.quick or args.only)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    _common.FIGURE_DIR = HERE.parent / "docs" if full else results
     started = time.time()
     meter = LoadMeter()
     sections: list[Section] = []
@@ -95,13 +113,11 @@ def main() -> int:
         print(report.render_section(section), flush=True)
     left = check_cleanup()
     machine = report.machine(meter.read(), time.time() - started, args.quick)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     raw = {"machine": machine, "sections": [s.to_dict() for s in sections], "leftover_processes": left}
     (results / f"{stamp}{'-quick' if args.quick else ''}.json").write_text(json.dumps(raw, indent=1))
     doc = report.render(sections, machine)
-    out = results / "benchmarks-quick.md" if args.quick or args.only else HERE.parent / "docs" / "benchmarks.md"
+    out = HERE.parent / "docs" / "benchmarks.md" if full else results / "benchmarks-quick.md"
     out.write_text(doc)
     print(f"wrote {out} and {results}/{stamp}*.json")
     if left:
