@@ -71,7 +71,8 @@ class Frontend:
                 raise AssertionError(f"cell {msg_id} did not finish within {timeout} s")
             self._pump(deadline)
         reply = self.client.get_shell_msg(timeout=timeout)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        while reply["parent_header"]["msg_id"] != msg_id:  # e.g. a late extra kernel_info_reply
+            reply = self.client.get_shell_msg(timeout=timeout)
         assert reply["content"]["status"] == "ok", reply["content"]
         return "".join(self._printed.pop(msg_id, []))
 

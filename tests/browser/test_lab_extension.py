@@ -24,8 +24,11 @@ def status_item(page: Page) -> Locator:
 
 
 def open_panel(page: Page) -> Locator:
-    """Click the panel's tab in the right side bar; the panel."""
-    page.locator(".jp-SideBar [data-id='jupyter-sessionpool-panel']").click()
+    """Click the panel's tab in the right side bar (unless it is open already); the panel."""
+    tab = page.locator(".jp-SideBar [data-id='jupyter-sessionpool-panel']")
+    expect(tab).to_be_visible()
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
     panel = page.locator("#jupyter-sessionpool-panel")
     expect(panel).to_be_visible()
     return panel
@@ -53,7 +56,9 @@ def test_extension_loads_without_console_errors_and_says_when_there_is_no_pool(
     assert console_errors == []
 
 
-def test_sessions_live_background_output_and_panel_actions(page: Page, lab_url: str, lab_root: Path) -> None:
+def test_sessions_live_background_output_and_panel_actions(
+    page: Page, lab_url: str, lab_root: Path, console_errors: list[str]
+) -> None:
     open_notebook(
         page,
         lab_url,
@@ -107,6 +112,7 @@ def test_sessions_live_background_output_and_panel_actions(page: Page, lab_url: 
     expect(row(panel, "a")).to_have_count(0)
     expect(row(panel, "b")).to_have_count(1)
     expect(panel.locator(".jsp-Panel-error")).to_have_text("")
+    assert console_errors == []
 
 
 def test_status_follows_notebook_switches_and_kernel_restarts(page: Page, lab_url: str, lab_root: Path) -> None:
@@ -122,6 +128,12 @@ def test_status_follows_notebook_switches_and_kernel_restarts(page: Page, lab_ur
     expect(status).to_be_hidden()
     page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text="with_pool.ipynb").click()
     expect(status).to_have_text("Pool 0/4 busy")
+    panel = open_panel(page)
+    expect(row(panel, "s", "idle")).to_be_visible()
+
+    # a reloaded page finds the running pool again (through comm_info, without %load_ext)
+    page.reload()
+    expect(status).to_have_text("Pool 0/4 busy", timeout=60_000)
     panel = open_panel(page)
     expect(row(panel, "s", "idle")).to_be_visible()
 
