@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 
 from _common import Section, Stats, Target, percentile
@@ -17,7 +18,12 @@ single thread. Throughput: {batches} batches of {ops:,} operations, each batch t
 a whole; the table gives the median batch and the slowest. Latency: {ops:,} operations
 each timed alone. Variants: one bound session on a 4-kernel book; anonymous leases on a
 4-kernel book; 16 and 64 bound sessions on a book of as many kernels, used round-robin
-(`settle()` looks at every kernel, so its cost grows with their number)."""
+(`settle()` looks at every kernel, so its cost grows with their number). *Queued*: the
+situation of item 4, all 4 kernels lent to anonymous leases and {depth:,} anonymous
+checkouts waiting; one operation is a check-in (which grants the kernel to the head of
+the queue) plus a new checkout joining the tail, so the queue stays {depth:,} deep."""
+
+DEPTH = 1000
 
 VARIANTS = {  # name: (kernels in the book, sessions used round-robin)
     "1 session, 4 kernels": (4, ["a"]),
@@ -40,6 +46,24 @@ def operation(kernels: int, sessions: list[str | None]) -> Callable[[], None]:
     def op() -> None:
         _, fx = books.checkout(next(turn))
         books.checkin(fx.granted[0][1])
+
+    return op
+
+
+def queued_operation(kernels: int, depth: int) -> Callable[[], None]:
+    """A check-in that grants the head of a ``depth``-deep anonymous queue, plus a checkout joining its tail."""
+    books = Books(max_kernels=kernels, min_idle=0, start_retries=2, kernel_name="python3", clock=time.monotonic)
+    for _ in range(kernels):  # all ask before any kernel is up: each one starts a kernel
+        books.checkout(None)
+    starting = [slot for slot in books.slots.values() if slot.state.value == "starting"]
+    lent = deque(granted for slot in starting for _, granted in books.started(slot).granted)
+    for _ in range(depth):
+        books.checkout(None)
+    assert len(lent) == kernels and len(books.waiters) == depth
+
+    def op() -> None:
+        lent.extend(s for _, s in books.checkin(lent.popleft()).granted)
+        books.checkout(None)
 
     return op
 
@@ -68,10 +92,14 @@ def latencies(op: Callable[[], None], ops: int) -> list[float]:
 
 async def measure(quick: bool) -> Section:
     ops, batches = (2_000, 3) if quick else (20_000, 9)
-    section = Section("books", "6. Bookkeeping alone (`Books`, no kernels)", METHOD.format(ops=ops, batches=batches))
+    section = Section(
+        "books", "6. Bookkeeping alone (`Books`, no kernels)", METHOD.format(ops=ops, batches=batches, depth=DEPTH)
+    )
     rows = []
-    for name, (kernels, sessions) in VARIANTS.items():
-        op = operation(kernels, sessions)
+    ops_of = {name: (lambda k=kernels, s=sessions: operation(k, s)) for name, (kernels, sessions) in VARIANTS.items()}
+    ops_of[f"anonymous, 4 kernels, {DEPTH:,} queued"] = lambda: queued_operation(4, DEPTH)
+    for name, make in ops_of.items():
+        op = make()
         throughput(op, ops // 10, 1)  # warm-up
         rates = throughput(op, ops, batches)
         lat = latencies(op, ops)
