@@ -58,8 +58,8 @@ def load_ipython_extension(ip: Any) -> None:
     from .comm import register as register_comm
     from .magics import load
 
-    load(ip)
-    register_comm(ip, lambda: getattr(ip.magics_manager.registry.get("PoolMagics"), "_pool", None))
+    magics = load(ip)
+    register_comm(ip, lambda: magics.current_pool)
 
 
 def unload_ipython_extension(ip: Any) -> None:

@@ -225,6 +225,11 @@ class PoolMagics(Magics):
             self.shell.configurables.append(self._pool)
         return self._pool
 
+    @property
+    def current_pool(self) -> KernelPool | None:
+        """The shell's pool if a cell has made it, else None (never makes one)."""
+        return self._pool
+
     def close(self) -> None:
         """Shut the pool down (its kernels stop; background cells fail with PoolClosed)."""
         pool, self._pool = self._pool, None
@@ -391,11 +396,12 @@ class PoolMagics(Magics):
             raise TransferError(f"cannot pull from session {session!r}: {exc}") from None
 
 
-def load(shell: Any) -> None:
+def load(shell: Any) -> PoolMagics:
     """Register the magics on ``shell``; the pool itself starts on first use."""
     magics = PoolMagics(shell)
     shell.register_magics(magics)
     shell.configurables.append(magics)
+    return magics
 
 
 def unload(shell: Any) -> None:

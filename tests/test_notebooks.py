@@ -147,7 +147,16 @@ def kernel():
 def run_cell(kc, code):
     """Execute ``code`` and return (reply, iopub messages up to its idle)."""
     msg_id = kc.execute(code)
-    return kc.get_shell_msg(timeout=60), collect(kc, msg_id)
+    return reply_to(kc, msg_id), collect(kc, msg_id)
+
+
+def reply_to(kc, msg_id, timeout=60):
+    """The shell reply to ``msg_id``, skipping stale replies (start_new_kernel's readiness
+    probe may leave an extra kernel_info_reply queued)."""
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
 
 
 def collect(kc, msg_id, until=None):
@@ -216,8 +225,7 @@ def test_interrupting_the_cell_interrupts_the_remote_kernel(kernel):
     collect(kc, msg_id, until=lambda m: m["msg_type"] == "stream" and m["content"]["text"] == "started\n")
     interrupted = time.monotonic()
     km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=30)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = reply_to(kc, msg_id, timeout=30)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     collect(kc, msg_id)
     reply, messages = run_cell(kc, "%%pool session=a\nprint(x)")
