@@ -30,6 +30,7 @@ _DEATH_SIGNAL = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 _STDERR_TAIL_BYTES = 4000
 _IOPUB_RESEND = 0.25  # seconds to wait for iopub before re-sending kernel_info (slow joiner)
+_FAIR_SHARE = 16  # messages read back to back (already queued) before yielding to the event loop
 
 
 class _PooledKernelManager(AsyncKernelManager):
@@ -59,6 +60,7 @@ class Inbox:
         self._session = kernel.client.session
         self._socks = {"shell": kernel.client.shell_channel.socket, "iopub": kernel.client.iopub_channel.socket}
         self._pending: dict[Any, str] = {}
+        self._streak = 0  # messages returned in a row without waiting on the event loop
 
     def _arm(self, channel: str) -> None:
         self._pending[self._socks[channel].recv_multipart()] = channel
@@ -77,7 +79,12 @@ class Inbox:
                 self._arm("iopub")
             for fut, channel in list(self._pending.items()):
                 if fut.done():
+                    self._streak += 1
+                    if self._streak >= _FAIR_SHARE:  # a flood never yields by itself: let other sessions run
+                        self._streak = 0
+                        await asyncio.sleep(0)
                     return self._take(fut, channel)
+            self._streak = 0
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = await asyncio.wait([*self._pending, exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
