@@ -6,6 +6,7 @@ interrupt, then give up on the kernel if it is still busy after ``interrupt_time
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -14,6 +15,14 @@ from .errors import ExecutionError, ExecutionTimeout, KernelDied, ProtocolError
 from .kernel import Inbox, KernelExited, PooledKernel
 
 OutputCallback = Callable[[dict[str, Any]], Any]
+
+IDLE_GRACE = 5.0
+"""Seconds of iopub silence after the execute_reply before a cell counts as done without its idle.
+
+IOPub is ZeroMQ PUB/SUB: a cell that floods output faster than it is read loses messages at the
+kernel's high-water mark, the final ``status: idle`` among them. The reply (on shell) is never
+dropped, so once it is in and the cell's iopub has gone quiet, waiting longer would wedge the session.
+"""
 
 
 @dataclass
@@ -152,6 +161,10 @@ class _Outputs:
             "transient": content.get("transient", {}),
         })
 
+    def note_lost_idle(self) -> None:
+        """The reply came but the final ``idle`` never did: say that output may be missing."""
+        self._store({"output_type": "stream", "name": "stderr", "text": _LOST_IDLE}, None)
+
     def _clear(self) -> None:
         self.outputs.clear()
         self._display_ids.clear()
@@ -169,6 +182,12 @@ def _size_of(out: dict[str, Any]) -> int:
     if "data" in out:
         return sum(len(v) if isinstance(v, str) else 64 for v in out["data"].values())
     return sum(len(line) for line in out.get("traceback", ()))
+
+
+_LOST_IDLE = (
+    "\n[jupyter_sessionpool: output may be incomplete: the kernel's final status message never arrived "
+    "(its output channel drops messages when a cell floods it faster than they are read).]\n"
+)
 
 
 def _truncation_marker(limit: int) -> str:
@@ -196,6 +215,7 @@ class Execution:
         )
         self.reply: dict[str, Any] | None = None
         self.idle = False
+        self._heard = self.started  # when this cell's last message arrived
         self.outputs = _Outputs(on_output, max_output_size)
 
     @property
@@ -210,12 +230,20 @@ class Execution:
         inbox = Inbox(self.kernel)
         try:
             while not self.done:
-                got = await inbox.next(deadline)
+                wait_until = deadline
+                if self.reply is not None:  # only the idle is missing: give up on it once iopub goes quiet
+                    wait_until = min(deadline or math.inf, self._heard + IDLE_GRACE)
+                got = await inbox.next(wait_until)
                 if got is None:
-                    return False
+                    if self.reply is None or time.monotonic() < self._heard + IDLE_GRACE:
+                        return False
+                    self.outputs.note_lost_idle()
+                    self.idle = True
+                    break
                 channel, msg = got
                 if msg.get("parent_header", {}).get("msg_id") != self.msg_id:
                     continue  # a stale message from an earlier request
+                self._heard = time.monotonic()
                 if channel == "shell":
                     if msg["msg_type"] != "execute_reply":
                         raise ProtocolError(f"expected execute_reply, got {msg['msg_type']!r}")
