@@ -53,13 +53,18 @@ def reap_runtime_dirs() -> None:
 
 
 def check_kernelspec(name: str) -> None:
-    """Raise ValueError naming the installed kernelspecs if ``name`` is not one."""
+    """Raise ValueError naming the problem if ``name`` is not a usable kernelspec (missing, unreadable, no argv)."""
     ksm = KernelSpecManager()
     try:
-        ksm.get_kernel_spec(name)
+        spec = ksm.get_kernel_spec(name)
     except NoSuchKernel:
         installed = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
         raise ValueError(f"no kernelspec named {name!r}; installed: {installed}") from None
+    except Exception as exc:  # unreadable kernel.json: name the file, not just the parser's complaint
+        where = ksm.find_kernel_specs().get(name, "?")
+        raise ValueError(f"kernelspec {name!r} cannot be read ({where}/kernel.json): {exc}") from None
+    if not spec.argv and not spec.metadata.get("kernel_provisioner"):
+        raise ValueError(f"kernelspec {name!r} has an empty argv: there is no command to start its kernels")
 
 
 class Lease:
