@@ -42,5 +42,9 @@ $(BENCH_VENV)/.installed: pyproject.toml $(STAMP)
 bench: $(BENCH_VENV)/.installed  ## the pool against raw jupyter_client and its peers (~10 min); writes docs/benchmarks.md
 	$(BENCH_VENV)/bin/python bench/run.py
 
+soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load, 1,000 sessions of churn; figures into docs/reliability.md
+	JSP_KILL_ROUNDS=50 $(BIN)/python -m pytest tests/test_faults.py -k kill_rounds -p no:cacheprovider -q
+	$(BIN)/python bench/soak.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info
