@@ -241,35 +241,51 @@ class Books:
     # ---- the one place decisions are made -----------------------------------------
 
     def settle(self, fx: Effects | None = None) -> Effects:
-        """Grant free kernels to waiters in FIFO order, then plan starts for what is missing."""
+        """Grant free kernels to waiters in FIFO order, then plan starts for what is missing.
+
+        Waiters are looked at only while some kernel is free, and the look stops as soon as
+        none is left, so a deep queue costs nothing while every kernel is busy.
+        """
         fx = fx or Effects()
         if self.closed:
             return fx
-        pending: deque[Waiter] = deque()
-        for w in self.waiters:
-            slot = self._pick(w.session)
-            if slot is None:
-                pending.append(w)
-            else:
+        fresh, spent, idle_bound = self._free_slots()
+        if self.waiters and (fresh or spent or idle_bound):
+            granted = []
+            for w in self.waiters:
+                slot = self._pick(w.session, fresh, spent)
+                if slot is None:
+                    continue
+                idle_bound -= slot.session is not None
                 self._lend(slot, w.session)
+                granted.append(w)
                 fx.granted.append((w, slot))
-        self.waiters = pending
+                if not (fresh or spent or idle_bound):
+                    break
+            for w in granted:
+                self.waiters.remove(w)
         self._plan(fx)
         return fx
 
-    def _pick(self, session: str | None) -> Slot | None:
+    def _free_slots(self) -> tuple[list[Slot], list[Slot], int]:
+        """Idle kernels: never used (fresh), used anonymously (spent), and bound to sessions."""
+        fresh, spent, idle_bound = [], [], 0
+        for slot in self.slots.values():
+            if slot.state is KernelState.IDLE:
+                if slot.session is not None:
+                    idle_bound += 1
+                else:
+                    (spent if slot.anonymous else fresh).append(slot)
+        return fresh, spent, idle_bound
+
+    def _pick(self, session: str | None, fresh: list[Slot], spent: list[Slot]) -> Slot | None:
+        """The kernel for ``session`` from the free ones, taking it off those lists."""
         if session is not None and session in self.bound:
             slot = self.bound[session]
             return slot if slot.state is KernelState.IDLE else None
-        best = None
-        for slot in self.slots.values():
-            if slot.state is not KernelState.IDLE or slot.session is not None:
-                continue
-            if session is None and slot.anonymous:
-                return slot  # reuse an anonymous kernel first: keep fresh ones for sessions
-            if not slot.anonymous and best is None:
-                best = slot
-        return best
+        if session is None and spent:
+            return spent.pop()  # reuse an anonymous kernel first: keep fresh ones for sessions
+        return fresh.pop() if fresh else None
 
     def _lend(self, slot: Slot, session: str | None) -> None:
         slot.state = KernelState.BUSY
@@ -291,14 +307,24 @@ class Books:
     def _plan(self, fx: Effects) -> None:
         if not self.waiters and (self.min_idle == 0 or self._prewarm_suspended):
             return  # nobody waits and nothing is kept warm: checkout and check-in stay O(1)
-        new_sessions = {w.session for w in self.waiters if w.session is not None and w.session not in self.bound}
-        anonymous = sum(1 for w in self.waiters if w.session is None and self._needs_new_kernel(w))
-        demand = len(new_sessions) + anonymous
-        starting = fresh = live = 0
+        starting = fresh = spent = live = 0
         for slot in self.slots.values():
             starting += slot.state is KernelState.STARTING
-            fresh += slot.state is KernelState.IDLE and slot.session is None and not slot.anonymous
+            idle_free = slot.state is KernelState.IDLE and slot.session is None
+            fresh += idle_free and not slot.anonymous
+            spent += idle_free and slot.anonymous
             live += slot.state is not KernelState.DEAD
+        capacity = self.max_kernels - live
+        if capacity <= 0 and not spent:
+            return  # full and nothing to evict: a start must wait for a kernel to go
+        new_sessions = set()
+        anonymous = 0
+        for w in self.waiters:
+            if w.session is None:
+                anonymous += 1
+            elif w.session not in self.bound:
+                new_sessions.add(w.session)
+        demand = len(new_sessions) + anonymous
         prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh - max(0, starting - demand))
         need = max(0, demand - starting) + prewarm
         if need == 0:
@@ -306,12 +332,13 @@ class Books:
         if self.clock() < self._backoff_until:
             fx.retry_at = self._backoff_until
             return
-        capacity = self.max_kernels - live
+        shortfall = min(need, max(0, demand - starting)) - capacity
         for slot in list(self.slots.values()):  # make room for real demand by evicting spent anonymous kernels
-            if capacity >= min(need, max(0, demand - starting)):
+            if shortfall <= 0:
                 break
             if slot.state is KernelState.IDLE and slot.anonymous and slot.session is None:
                 self._stop(slot, now=False, fx=fx)
+                shortfall -= 1
         for _ in range(min(need, capacity)):
             slot = Slot(kernel_id=f"{self._pool_tag}-{next(self._ids)}-{uuid.uuid4().hex[:8]}")
             self.slots[slot.kernel_id] = slot

@@ -307,3 +307,37 @@ def test_close_fails_waiters_and_stops_everything(clock):
 
 def test_every_state_is_reachable_and_named():
     assert [s.value for s in KernelState] == ["starting", "idle", "busy", "dead", "stopping"]
+
+
+def test_anonymous_demand_grows_the_pool_while_anonymous_kernels_are_busy(clock):
+    b = books(clock, max_kernels=3)
+    _, fx = b.checkout(None)
+    (first,) = start_all(b, fx)
+    assert first.state is KernelState.BUSY and first.anonymous
+    _, fx = b.checkout(None)
+    assert len(fx.start) == 1, "a second anonymous caller gets a new kernel while there is room"
+
+
+def test_a_deep_queue_costs_settle_nothing_while_no_kernel_is_free(clock, monkeypatch):
+    b = books(clock, max_kernels=2)
+    for _ in range(2):
+        start_all(b, b.checkout(None)[1])
+    for _ in range(500):
+        b.checkout(None)
+    picks = []
+    original = b._pick
+    monkeypatch.setattr(b, "_pick", lambda session, *free: picks.append(session) or original(session, *free))
+    b.checkout(None)
+    assert picks == [], "nothing is free: no waiter is even looked at"
+    busy = next(iter(b.slots.values()))
+    fx = b.checkin(busy)
+    assert len(fx.granted) == 1 and len(picks) == 1, "one kernel freed: only the head of the queue is looked at"
+
+
+def test_only_as_many_spent_kernels_are_evicted_as_sessions_need(clock):
+    b = books(clock, max_kernels=3)
+    spent = [start_all(b, b.checkout(None)[1])[0] for _ in range(3)]
+    for slot in spent:
+        b.checkin(slot)
+    _, fx = b.checkout("a")
+    assert len(fx.stop) == 1 and fx.stop[0][0] in spent, "one session needs one place"
