@@ -118,6 +118,10 @@ class Books:
         if session is not None and session in self.lost:
             raise SessionLost(session, self.lost.pop(session))
         waiter = Waiter(session, self.clock(), future)
+        slot = self.bound.get(session) if session is not None else None
+        if slot is not None and slot.state is KernelState.IDLE and not self.waiters:
+            self._lend(slot, session)  # the hot path: a session's own idle kernel, nobody queued
+            return waiter, Effects(granted=[(waiter, slot)])
         self.waiters.append(waiter)
         self._prewarm_suspended = False
         return waiter, self.settle()
@@ -249,8 +253,8 @@ class Books:
         fx = fx or Effects()
         if self.closed:
             return fx
-        fresh, spent, idle_bound = self._free_slots()
-        if self.waiters and (fresh or spent or idle_bound):
+        fresh, spent, idle_bound = self._free_slots() if self.waiters else ([], [], 0)
+        if fresh or spent or idle_bound:
             granted = []
             for w in self.waiters:
                 slot = self._pick(w.session, fresh, spent)
