@@ -43,7 +43,7 @@ bench: $(BENCH_VENV)/.installed  ## the pool against raw jupyter_client and its 
 	$(BENCH_VENV)/bin/python bench/run.py
 
 soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load, 1,000 sessions of churn; figures into docs/reliability.md
-	JSP_KILL_ROUNDS=50 $(BIN)/python -m pytest tests/test_faults.py -k kill_rounds -p no:cacheprovider -q
+	JSP_KILL_ROUNDS=50 $(BIN)/python -m pytest tests/test_faults.py -k kill_rounds -p no:cacheprovider -q -s
 	$(BIN)/python bench/soak.py
 
 clean:

@@ -306,7 +306,7 @@ def markdown(figures: dict[str, Any]) -> str:
         f = figures["flood"]
         out += [
             f"**Flood** (`print(i, flush=True)` × {f['lines']:,}): {f['received']:,} lines received "
-            f"(all, in order: {f['exact']}), {f['seconds']} s; another session's `1 + 1` p50 {f['other_p50_ms']} ms, "
+            f"(complete and in order: {'yes' if f['exact'] else 'no'}), {f['seconds']} s; another session's `1 + 1` p50 {f['other_p50_ms']} ms, "
             f"max {f['other_max_ms']} ms; peak RSS growth {f['peak_rss_growth_mb']} MB.",
             "",
         ]

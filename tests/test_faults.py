@@ -217,7 +217,7 @@ CAP = 4_000_000
 async def test_output_flood_bounded_memory_and_other_sessions_keep_latency(make_pool, flood):
     """One session floods output; the pool's memory stays bounded and another session stays quick."""
     me = psutil.Process()
-    pool = await make_pool(max_kernels=2, min_idle=2, max_output_size=CAP)
+    pool = await make_pool(max_kernels=2, min_idle=2, max_output_size=CAP, shutdown_timeout=1)
     await pool.wait_ready(timeout=60)
     await pool.execute("1", session="other")
     rss0 = me.memory_info().rss
