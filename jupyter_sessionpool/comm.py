@@ -34,10 +34,12 @@ panel's Interrupt would wait behind the very cell it is meant to stop.
 
 from __future__ import annotations
 
+import reprlib
 import threading
 import time
 from typing import Any, Callable
 
+from .config import check_session
 from .stats import PoolStats, rss_bytes
 from .sync import KernelPool
 
@@ -82,21 +84,30 @@ def register(shell: Any, get_pool: GetPool) -> None:
 def parse_request(data: Any) -> tuple[str, str]:
     """Check a frontend message against protocol v1; return ``(action, session)``.
 
-    Raises :class:`ProtocolViolation` naming the first problem found.
+    Raises :class:`ProtocolViolation` naming the first problem found; values are quoted
+    shortened, so a huge payload never comes back whole in the error.
     """
     if not isinstance(data, dict):
         raise ProtocolViolation(f"a message must be a JSON object, not {type(data).__name__}")
     if data.get("version") != VERSION:
-        raise ProtocolViolation(f"unsupported protocol version {data.get('version')!r}; this kernel speaks {VERSION}")
-    extra = sorted(set(data) - _REQUEST_KEYS)
+        raise ProtocolViolation(f"unsupported protocol version {reprlib.repr(data.get('version'))}; "
+                                f"this kernel speaks {VERSION}")
+    extra = sorted(map(str, set(data) - _REQUEST_KEYS))
     if extra:
-        raise ProtocolViolation(f"unknown key(s): {', '.join(extra)}")
+        raise ProtocolViolation(f"unknown key(s): {', '.join(_short(key) for key in extra[:5])}")
     action, session = data.get("action"), data.get("session")
     if action not in ACTIONS:
-        raise ProtocolViolation(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-    if not isinstance(session, str) or not session:
-        raise ProtocolViolation(f"session must be a non-empty string, not {session!r}")
-    return action, session
+        raise ProtocolViolation(f"unknown action {reprlib.repr(action)}; expected one of {', '.join(ACTIONS)}")
+    if session is None:
+        raise ProtocolViolation("session is missing; actions name the session they act on")
+    try:
+        return action, check_session(session)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolViolation(str(exc)) from None
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def snapshot_message(stats: PoolStats | None) -> dict[str, Any]:

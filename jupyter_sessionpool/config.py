@@ -9,6 +9,7 @@ validated when set, and the error names the value and the fix.
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from traitlets import Dict, Enum, Float, Int, TraitError, Unicode, validate
@@ -25,7 +26,7 @@ def check_session(session: Any) -> str | None:
     if session is None:
         return None
     if not isinstance(session, str):
-        raise TypeError(f"session must be a str or None, not {type(session).__name__} ({session!r})")
+        raise TypeError(f"session must be a str or None, not {type(session).__name__} ({reprlib.repr(session)})")
     if not session or not session.strip():
         raise ValueError("session name must not be empty; pass session=None for an anonymous kernel")
     if len(session) > _MAX_SESSION_LEN:

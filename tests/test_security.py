@@ -23,7 +23,7 @@ import pytest
 from jupyter_sessionpool import CheckoutTimeout, ExecutionTimeout, KernelPool
 from jupyter_sessionpool.comm import VERSION, ProtocolViolation, parse_request, snapshot_message
 
-from test_comm import SETUP, Frontend, frontend  # noqa: F401 - the fixture, reused
+from commkit import SETUP, Frontend
 
 
 def connection_info(pool_dir: Path, kernel_id: str) -> dict[str, Any]:
@@ -179,10 +179,10 @@ BAD_COMM_MESSAGES = [
     ("null", None, "must be a JSON object, not NoneType"),
     ("version-as-string", {**act(), "version": "1"}, "unsupported protocol version '1'"),
     ("no-action", without("action"), "unknown action None"),
-    ("no-session", without("session"), "session must be a non-empty string, not None"),
+    ("no-session", without("session"), "session is missing"),
     ("action-as-number", act(action=42), "unknown action 42"),
     ("action-as-list", act(action=["release"]), "unknown action ['release']"),
-    ("session-as-number", act(session=7), "session must be a non-empty string, not 7"),
+    ("session-as-number", act(session=7), "session must be a str or None, not int (7)"),
     ("execute", act(action="execute", code="open('PWNED', 'w')"), "unknown key(s): code"),
     ("eval-action", act(action="__import__('os').system('touch PWNED')"), "unknown action"),
     ("code-as-session", act(action="interrupt", session="__import__('os').system('touch PWNED')"), "holds no kernel"),
@@ -209,8 +209,6 @@ def test_the_comm_runs_nothing_but_its_named_actions(frontend: Frontend, tmp_pat
     assert frontend.request(comm_id, act(action="interrupt"))["ok"] is True, "well-formed actions still work"
 
 
-@pytest.mark.xfail(reason="comm.parse_request puts repr(session) whole into its error: a 1M-item list comes back "
-                          "as a 3 MB reply (reported to comm.py's owner)")
 def test_protocol_errors_do_not_echo_huge_payloads() -> None:
     with pytest.raises(ProtocolViolation) as info:
         parse_request(act(session=[0] * 1_000_000))
