@@ -179,7 +179,7 @@ class PooledKernel:
         )
         self.pid = getattr(km.provisioner, "pid", None)
         self._watch_exit()
-        self.client = km.client()
+        self.client = km.client(context=self._context)  # one zmq context (one I/O thread) per pool
         self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
 
     async def _health_check(self, deadline: float) -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import zmq
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from traitlets import observe
@@ -221,6 +222,9 @@ class AsyncKernelPool(PoolSettings):
         self._remove_dir = functools.partial(shutil.rmtree, self._dir, ignore_errors=True)
         atexit.register(self._remove_dir)
         self._context = zmq.asyncio.Context()
+        # No receive limit: at zmq's default (1,000 messages) a flooding cell lost most of its
+        # output. Memory stays bounded by the per-result cap and by the kernel's own send limit.
+        self._context.setsockopt(zmq.RCVHWM, 0)
         self._apply(self._books.settle())
         return self
 
