@@ -42,7 +42,7 @@ VARIANTS = {  # name: (kernels in the book, sessions used round-robin)
 
 def operation(kernels: int, sessions: list[str | None]) -> Callable[[], None]:
     """A checkout + check-in on a book whose fake kernels are started and already bound to ``sessions``."""
-    books = Books(max_kernels=kernels, min_idle=0, start_retries=2, kernel_name="python3", clock=time.monotonic)
+    books = Books(max_kernels=kernels, min_idle=0, start_retries=2, clock=time.monotonic)
     for session in sessions:
         _, fx = books.checkout(session)
         for slot in fx.start:
@@ -59,7 +59,7 @@ def operation(kernels: int, sessions: list[str | None]) -> Callable[[], None]:
 
 def queued_operation(kernels: int, depth: int) -> Callable[[], None]:
     """A check-in that grants the head of a ``depth``-deep anonymous queue, plus a checkout joining its tail."""
-    books = Books(max_kernels=kernels, min_idle=0, start_retries=2, kernel_name="python3", clock=time.monotonic)
+    books = Books(max_kernels=kernels, min_idle=0, start_retries=2, clock=time.monotonic)
     for _ in range(kernels):  # all ask before any kernel is up: each one starts a kernel
         books.checkout(None)
     starting = [slot for slot in books.slots.values() if slot.state.value == "starting"]

@@ -89,13 +89,11 @@ class Books:
         max_kernels: int,
         min_idle: int,
         start_retries: int,
-        kernel_name: str,
         clock: Callable[[], float],
     ) -> None:
         self.max_kernels = max_kernels
         self.min_idle = min_idle
         self.start_retries = start_retries
-        self.kernel_name = kernel_name
         self.clock = clock
         self.slots: dict[str, Slot] = {}
         self.bound: dict[str, Slot] = {}

@@ -196,7 +196,7 @@ class AsyncKernelPool(PoolSettings):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_kernelspec(self.kernel_name)
-        self._books = Books(self.max_kernels, self.min_idle, self.start_retries, self.kernel_name, time.monotonic)
+        self._books = Books(self.max_kernels, self.min_idle, self.start_retries, time.monotonic)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dir: Path | None = None
         self._context: zmq.asyncio.Context | None = None
@@ -205,7 +205,6 @@ class AsyncKernelPool(PoolSettings):
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry: asyncio.TimerHandle | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
-        self._last_start_error: BaseException | None = None
         self._closed: asyncio.Future[None] | None = None
 
     # ---- life cycle ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ def clock() -> Clock:
 
 
 def books(clock: Clock, max_kernels: int = 2, min_idle: int = 0, start_retries: int = 1) -> Books:
-    return Books(max_kernels, min_idle, start_retries, "python3", clock)
+    return Books(max_kernels, min_idle, start_retries, clock)
 
 
 def start_all(b: Books, fx) -> list[Slot]:
