@@ -24,7 +24,7 @@ from _common import (
 from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_sessionpool import AsyncKernelPool
-from jupyter_sessionpool.kernel import PooledKernel
+from jupyter_sessionpool.workers.local import PooledKernel
 
 METHOD = """\
 Four variants, interleaved, {reps} rounds after {warmup} warm-up round(s); set-up and

@@ -18,7 +18,7 @@ from .errors import (
     ProtocolError,
     SessionLost,
 )
-from .execution import ExecutionResult
+from .results import ExecutionResult
 from .pool import AsyncKernelPool, Lease
 from .stats import KernelStats, PoolStats, WaitingCheckout
 from .sync import KernelPool, SyncLease
@@ -55,8 +55,8 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext jupyter_sessionpool``: register ``%pool``/``%%pool``; the pool starts on first use."""
-    from .comm import register as register_comm
-    from .magics import load
+    from .notebook.comm import register as register_comm
+    from .notebook.magics import load
 
     magics = load(ip)
     register_comm(ip, lambda: magics.current_pool)
@@ -64,6 +64,6 @@ def load_ipython_extension(ip: Any) -> None:
 
 def unload_ipython_extension(ip: Any) -> None:
     """``%unload_ext jupyter_sessionpool``: shut the notebook's pool down and remove the magics."""
-    from .magics import unload
+    from .notebook.magics import unload
 
     unload(ip)

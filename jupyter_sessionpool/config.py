@@ -8,11 +8,12 @@ validated when set, and the error names the value and the fix.
 
 from __future__ import annotations
 
+import logging
 import math
 import reprlib
 from typing import Any
 
-from traitlets import Dict, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Dict, Enum, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 _MAX_SESSION_LEN = 200
@@ -99,6 +100,11 @@ class PoolSettings(LoggingConfigurable):
         help="ZeroMQ transport. ipc (a socket per kernel in a private directory) cannot race for ports; "
         "use tcp for kernels that do not support ipc.",
     ).tag(config=True)
+
+    @default("log")
+    def _log_default(self) -> logging.Logger:
+        # one named logger for every pool, so an operator configures "jupyter_sessionpool" once
+        return logging.getLogger("jupyter_sessionpool")
 
     @validate("max_kernels")
     def _check_max(self, proposal: Any) -> int:

@@ -27,8 +27,8 @@ from . import execution
 from ._state import Books, Effects, KernelState, Slot, Waiter
 from .config import PoolSettings, check_session, check_timeout
 from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError
-from .execution import ExecutionResult, OutputCallback
-from .kernel import PooledKernel
+from .results import ExecutionResult, OutputCallback
+from .workers.local import PooledKernel
 from .stats import PoolStats, snapshot
 
 Subscriber = Callable[[PoolStats], Any]

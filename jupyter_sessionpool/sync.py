@@ -19,12 +19,12 @@ from traitlets import observe
 
 from .config import PoolSettings, check_session, check_timeout
 from .errors import PoolClosed
-from .execution import ExecutionResult, OutputCallback
+from .results import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
 from .stats import PoolStats
 
 if TYPE_CHECKING:
-    from .widget import PoolWidget
+    from .notebook.widget import PoolWidget
 
 T = TypeVar("T")
 _live: weakref.WeakSet[KernelPool] = weakref.WeakSet()
@@ -234,7 +234,7 @@ class KernelPool(PoolSettings):
 
     def widget(self) -> PoolWidget:
         """A live ipywidgets view of this pool with per-session actions (what ``%pool status`` shows)."""
-        from .widget import PoolWidget  # lazy: ipywidgets is only needed by those who ask for it
+        from .notebook.widget import PoolWidget  # lazy: ipywidgets is only needed by those who ask for it
 
         return PoolWidget(self)
 

@@ -15,12 +15,12 @@ import pytest
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from jupyter_sessionpool.comm import TARGET, VERSION
+from jupyter_sessionpool.notebook.comm import TARGET, VERSION
 
 Data = dict[str, Any]
 
 SETUP = """
-import jupyter_sessionpool.comm as _c
+import jupyter_sessionpool.notebook.comm as _c
 from jupyter_sessionpool import KernelPool
 pool = None
 _c.register(get_ipython(), lambda: pool)

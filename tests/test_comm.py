@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from commkit import SETUP, Data, Frontend
-from jupyter_sessionpool.comm import MIN_INTERVAL, TARGET, VERSION
+from jupyter_sessionpool.notebook.comm import MIN_INTERVAL, TARGET, VERSION
 
 
 

@@ -30,7 +30,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from jupyter_sessionpool import AsyncKernelPool, KernelDied, KernelStartError, SessionLost
-from jupyter_sessionpool.magics import parse_cell_args
+from jupyter_sessionpool.notebook.magics import parse_cell_args
 
 from poolkit import started_marker, until
 

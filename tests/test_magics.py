@@ -13,7 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from jupyter_sessionpool.magics import CellArgs, RemoteCellError, TransferError, parse_cell_args, parse_line_args
+from jupyter_sessionpool.notebook.magics import CellArgs, RemoteCellError, TransferError, parse_cell_args, parse_line_args
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from jupyter_sessionpool import CheckoutTimeout, ExecutionTimeout, KernelPool
-from jupyter_sessionpool.comm import VERSION, ProtocolViolation, parse_request, snapshot_message
+from jupyter_sessionpool.notebook.comm import VERSION, ProtocolViolation, parse_request, snapshot_message
 
 from commkit import SETUP, Frontend
 

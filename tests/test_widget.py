@@ -24,7 +24,7 @@ from nbclient import NotebookClient
 from nbconvert import MarkdownExporter
 
 from jupyter_sessionpool import KernelPool, PoolStats
-from jupyter_sessionpool.widget import PoolWidget
+from jupyter_sessionpool.notebook.widget import PoolWidget
 
 _ROW = re.compile(r"<tr data-kernel='([^']*)' data-state='([^']*)' data-session='([^']*)'>(.*?)</tr>")
 _CELL = re.compile(r"<td[^>]*>(.*?)</td>")

@@ -39,9 +39,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from .config import check_session
-from .stats import PoolStats, rss_bytes
-from .sync import KernelPool
+from ..config import check_session
+from ..stats import PoolStats, rss_bytes
+from ..sync import KernelPool
 
 TARGET = "jupyter_sessionpool"
 VERSION = 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .execution import OutputCallback
+from ..results import OutputCallback
 
 
 def in_kernel(shell: Any) -> bool:

@@ -23,11 +23,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Int
 
-from ._routing import in_kernel, route_to_current_cell
-from .config import check_session, check_timeout
-from .errors import ExecutionError, PoolError
-from .execution import ExecutionResult
-from .sync import KernelPool
+from .routing import in_kernel, route_to_current_cell
+from ..config import check_session, check_timeout
+from ..errors import ExecutionError, PoolError
+from ..results import ExecutionResult
+from ..sync import KernelPool
 
 CELL_USAGE = "usage: %%pool session=NAME [timeout=SECONDS] [--bg]"
 LINE_USAGE = (

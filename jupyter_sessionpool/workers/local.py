@@ -21,7 +21,7 @@ import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
-from .errors import KernelStartError, ProtocolError
+from ..errors import KernelStartError, ProtocolError
 
 # Kill the kernel if the process that launched it dies, even by SIGKILL: the kernel gets
 # SIGKILL from Linux itself. ipykernel's own parent poller (1 s) is the second line.

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ipywidgets import HTML, Button, HBox, Layout, VBox
 
-from .errors import PoolError
-from .stats import KernelStats, PoolStats, rss_bytes
+from ..errors import PoolError
+from ..stats import KernelStats, PoolStats, rss_bytes
 
 if TYPE_CHECKING:
-    from .sync import KernelPool
+    from ..sync import KernelPool
 
 _MIN_INTERVAL = 0.25  # seconds between two renders: at most 4 updates a second
 _TICK = 1.0  # seconds between renders while busy times run and nothing else changes

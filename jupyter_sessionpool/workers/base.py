@@ -1,0 +1,224 @@
+"""The one interface between the pool and a kernel, wherever the kernel runs.
+
+The pool, its leases and the execution code talk to a kernel only through
+:class:`KernelWorker`: start it (launch plus a ``kernel_info`` health check), send a request
+and read the messages that answer it, interrupt it, stop it, and learn that it is gone.
+Nothing here names zmq, a pid's signals, a connection file or HTTP; the local worker
+(jupyter_client) and the gateway worker (REST + websocket) each fill it in.
+
+Every worker has one reader that drains all of the kernel's channels all the time and hands
+each message to a :class:`Router`, which routes it by its parent ``msg_id`` to the
+:class:`Request` it answers. A request keeps its messages until they are read, whether or
+not anyone is reading right now (a cancelled caller, a recovery task that takes over), so
+no reply is lost to a cancellation. Output that answers no open request (a thread that
+prints after its cell ended) goes to a small bounded ring, never an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+Message = dict[str, Any]
+"""A deserialized Jupyter message: ``header``, ``parent_header``, ``metadata``, ``content``,
+``msg_id``, ``msg_type`` (as jupyter_client's ``Session.deserialize`` returns it)."""
+
+ORPHAN_MESSAGES = 200
+"""Most output messages kept per kernel that answer no open request (oldest dropped first)."""
+
+_FAIR_SHARE = 16  # messages returned back to back (already queued) before yielding to the loop
+
+
+class KernelExited(Exception):
+    """The kernel is gone (its process ended, the gateway lost it); ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Request:
+    """The messages that answer one request, in arrival order, as the reader routes them."""
+
+    def __init__(self, router: Router, msg_id: str, channel: str) -> None:
+        self.msg_id = msg_id
+        self.channel = channel
+        self._router = router
+        self._queue: deque[tuple[str, Message]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._streak = 0
+
+    def _put(self, channel: str, msg: Message) -> None:
+        self._queue.append((channel, msg))
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self, deadline: float | None) -> tuple[str, Message] | None:
+        """The next (channel, message), or None once ``deadline`` (``time.monotonic()``) passes.
+
+        Raises the request's error (a ``ProtocolError`` for a malformed message) or
+        :class:`KernelExited` once every message that arrived before the end was read.
+        """
+        while not self._queue:
+            self._streak = 0
+            if self._error is not None:
+                raise self._error
+            if self._router.exit_reason is not None:
+                raise KernelExited(self._router.exit_reason)
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        self._streak += 1
+        if self._streak >= _FAIR_SHARE:  # a flood never waits by itself: let other sessions run
+            self._streak = 0
+            await asyncio.sleep(0)
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        """Stop routing to this request; what still arrives for it counts as orphan output."""
+        self._router._close(self)
+
+
+class Router:
+    """Routes each message a kernel sends to the open request it answers (by parent msg_id).
+
+    Called by the worker's reader, synchronously, on the pool's event loop. It also keeps
+    the kernel's last ``execution_state`` as its iopub ``status`` messages report it.
+    """
+
+    def __init__(self, orphan_limit: int = ORPHAN_MESSAGES) -> None:
+        self._open: dict[str, Request] = {}
+        self.orphans: deque[Message] = deque(maxlen=orphan_limit)
+        self.execution_state: str | None = None
+        self.exit_reason: str | None = None
+
+    def open(self, msg_id: str, channel: str = "shell") -> Request:
+        """Start collecting the messages whose parent is ``msg_id`` (call before sending it)."""
+        request = self._open[msg_id] = Request(self, msg_id, channel)
+        return request
+
+    def deliver(self, channel: str, msg: Message) -> None:
+        """Hand one message from ``channel`` (shell, iopub, control, stdin) to its request."""
+        if channel == "iopub" and msg.get("msg_type") == "status":
+            self.execution_state = msg.get("content", {}).get("execution_state", self.execution_state)
+        request = self._open.get(msg.get("parent_header", {}).get("msg_id", ""))
+        if request is not None:
+            request._put(channel, msg)
+        elif channel == "iopub" and msg.get("msg_type") in _OUTPUT_TYPES:
+            self.orphans.append(msg)
+
+    def fail(self, msg_id: str | None, error: BaseException) -> None:
+        """A message for ``msg_id`` could not be read: its request raises ``error`` (None: all do)."""
+        targets = list(self._open.values()) if msg_id is None else [self._open.get(msg_id)]
+        for request in targets:
+            if request is not None:
+                request._fail(error)
+
+    def exited(self, reason: str) -> None:
+        """The kernel is gone: every open request raises KernelExited once its queue is read."""
+        if self.exit_reason is None:
+            self.exit_reason = reason
+            for request in self._open.values():
+                request._wake()
+
+    def _close(self, request: Request) -> None:
+        if self._open.get(request.msg_id) is request:
+            del self._open[request.msg_id]
+
+
+_OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"})
+
+
+class KernelWorker(abc.ABC):
+    """One kernel, started, spoken to and stopped by whichever task holds it.
+
+    A worker is driven by the task that holds it (a starting task, a lease holder, a
+    stopping task), never by the pool's bookkeeping. ``exited`` resolves (with a reason)
+    the moment the kernel is known to be gone, so a caller stuck mid-cell is told at once.
+    """
+
+    kernel_id: str
+    router: Router
+    exited: asyncio.Future[str]
+
+    @property
+    def pid(self) -> int | None:
+        """The kernel's local process id, or None where there is no local process."""
+        return None
+
+    @property
+    def location(self) -> str:
+        """Where the kernel runs, for people: ``"local"``, or the gateway it lives on."""
+        return "local"
+
+    @property
+    def client(self) -> Any:
+        """The jupyter_client KernelClient where one exists (local kernels), else None."""
+        return None
+
+    @property
+    def alive(self) -> bool:
+        """True from a successful start until the kernel is gone or stopped."""
+        return not self.exited.done()
+
+    @abc.abstractmethod
+    async def start(self, timeout: float) -> None:
+        """Launch the kernel and return once it answered ``kernel_info`` and its output channel is live.
+
+        Raises KernelStartError (carrying :meth:`evidence`) on any failure, after cleaning
+        up whatever was started; cancelling it also cleans up.
+        """
+
+    @abc.abstractmethod
+    def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+        """Send a request and return the :class:`Request` its answers are routed to."""
+
+    @abc.abstractmethod
+    async def interrupt(self) -> None:
+        """Interrupt the running cell (however the kernel wants it: signal, message, REST)."""
+
+    @abc.abstractmethod
+    async def stop(self, timeout: float, now: bool = False) -> None:
+        """Ask the kernel to exit, kill it after ``timeout`` s (at once with ``now``), clean up.
+
+        Idempotent, and safe to cancel: a cancelled stop still leaves no kernel behind.
+        """
+
+    @abc.abstractmethod
+    def evidence(self) -> str:
+        """What to show in an error about this kernel: its stderr tail, or the gateway's answer."""
+
+
+class Workers(abc.ABC):
+    """Makes one pool's kernel workers and owns what they share (a zmq context, an HTTP client)."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Acquire the shared resources, and check the kernel name where that needs I/O."""
+
+    @abc.abstractmethod
+    def new(self, kernel_id: str) -> KernelWorker:
+        """A worker for a kernel not yet started."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the shared resources, once every worker has stopped."""
