@@ -6,19 +6,26 @@ Nothing here does I/O or awaits. Each transition is a method named for the event
 the kernels to start or stop and the waiters to wake. The pool applies those effects
 outside, so no decision ever waits on a kernel.
 
+Start failures are retried per *attempt chain*: a start that fails is retried, with
+back-off, as the next attempt of the same chain, and only a chain that has spent
+``start_retries`` fails a waiter (one waiter, or every caller queued on one new session),
+so one flaky start never fails callers that other, healthy starts will serve.
+
 States of a kernel slot::
 
     STARTING --started--> IDLE --checkout--> BUSY --checkin--> IDLE
     STARTING --start_failed--> (removed)
     IDLE/BUSY --died--> DEAD --removed--> (gone)
-    IDLE/BUSY --release/expire/discard/close--> STOPPING --removed--> (gone)
+    IDLE/BUSY --release/expire/evict/discard/close--> STOPPING --removed--> (gone)
 
 Session rules: a named session is bound to one kernel from its first checkout until it is
 released, expires or loses its kernel; a kernel that served a named session is never
 bound to another. Anonymous leases take kernels no session is bound to, and a kernel
 that served one never goes to a named session. When a bound session loses its kernel
 without being released, the callers queued on it get ``SessionLost``, or if none are
-queued the session's next checkout does, once.
+queued the session's next checkout does, once. With ``evict_idle`` on, a full pool makes
+room for a new session by evicting the least recently used idle session that nobody is
+queued on; that is such a loss too.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ class Slot:
     busy_since: float | None = None
     last_used: float | None = None
     handle: Any = None
+    attempt: int = 1  # which attempt of its start chain this slot's start is
 
 
 @dataclass(eq=False)
@@ -75,10 +83,21 @@ class Effects:
     start: list[Slot] = field(default_factory=list)
     stop: list[tuple[Slot, bool]] = field(default_factory=list)  # (slot, kill now)
     retry_at: float | None = None  # run ``settle`` again at this time (start back-off)
+    evicted: list[str] = field(default_factory=list)  # idle sessions evicted to make room
+    retried: list[Slot] = field(default_factory=list)  # failed starts that will be retried
+
+
+@dataclass(eq=False)
+class _Retry:
+    """A failed start waiting out its back-off; it holds a place in the pool meanwhile."""
+
+    due: float
+    attempt: int
 
 
 _BACKOFF_BASE = 0.2
 _BACKOFF_MAX = 5.0
+_LOST_MEMORY = 1024  # sessions remembered as lost; the oldest is forgotten past this
 
 
 class Books:
@@ -90,19 +109,22 @@ class Books:
         min_idle: int,
         start_retries: int,
         clock: Callable[[], float],
+        evict_idle: bool = False,
     ) -> None:
         self.max_kernels = max_kernels
         self.min_idle = min_idle
         self.start_retries = start_retries
+        self.evict_idle = evict_idle
         self.clock = clock
         self.slots: dict[str, Slot] = {}
         self.bound: dict[str, Slot] = {}
         self.lost: dict[str, str] = {}
         self.waiters: deque[Waiter] = deque()
         self.closed = False
-        self.counters = dict.fromkeys(("started", "start_failures", "died", "checkouts", "timeouts", "released"), 0)
-        self._failures = 0
-        self._backoff_until = 0.0
+        self.counters = dict.fromkeys(
+            ("started", "start_failures", "died", "checkouts", "timeouts", "released", "evicted"), 0
+        )
+        self._retries: list[_Retry] = []
         self._prewarm_suspended = False
         self._ids = itertools.count(1)
         self._pool_tag = uuid.uuid4().hex[:6]
@@ -139,25 +161,30 @@ class Books:
         slot.state = KernelState.IDLE
         slot.last_used = self.clock()
         self.counters["started"] += 1
-        self._failures = 0
         return self.settle()
 
     def start_failed(self, slot: Slot, error: Exception) -> Effects:
-        """A kernel failed to start: drop it, back off, and fail waiters once retries are spent."""
-        self.slots.pop(slot.kernel_id, None)
+        """A kernel failed to start: retry its chain after a back-off, or, once the chain has
+        spent ``start_retries``, fail the waiter it would have served (and pause prewarming)."""
+        if self.slots.pop(slot.kernel_id, None) is None:
+            return self.settle()
         self.counters["start_failures"] += 1
-        self._failures += 1
         fx = Effects()
-        if self._failures > self.start_retries:
-            if isinstance(error, KernelStartError):
-                error.attempts = self._failures
-            for w in [w for w in self.waiters if self._needs_new_kernel(w)]:
-                self.waiters.remove(w)
-                fx.failed.append((w, error))
-            self._failures = 0
-            self._prewarm_suspended = True
-        else:
-            self._backoff_until = self.clock() + min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (self._failures - 1))
+        if slot.attempt <= self.start_retries and not self.closed:
+            delay = min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (slot.attempt - 1))
+            self._retries.append(_Retry(self.clock() + delay, slot.attempt + 1))
+            fx.retried.append(slot)
+            return self.settle(fx)
+        if isinstance(error, KernelStartError):
+            error.attempts = slot.attempt
+        self._prewarm_suspended = True
+        unserved = [w for w in self.waiters if self._needs_new_kernel(w)]
+        if len(self._demand(unserved)) > self._in_flight():
+            last = unserved[-1]  # kernels are granted in FIFO order, so this chain would have served the last
+            for w in unserved:
+                if w is last or (last.session is not None and w.session == last.session):
+                    self.waiters.remove(w)
+                    fx.failed.append((w, error))
         return self.settle(fx)
 
     def checkin(self, slot: Slot, discard: str | None = None) -> Effects:
@@ -231,6 +258,7 @@ class Books:
         """Shut everything: fail all waiters with PoolClosed and stop every kernel."""
         fx = Effects()
         self.closed = True
+        self._retries.clear()
         while self.waiters:
             fx.failed.append((self.waiters.popleft(), PoolClosed()))
         for slot in list(self.slots.values()):
@@ -306,45 +334,70 @@ class Books:
             s.anonymous and s.session is None and s.state is KernelState.BUSY for s in self.slots.values()
         )
 
+    def _demand(self, waiters: Any) -> set[Any]:
+        """One entry per kernel the given waiters need: a new session, or an anonymous caller."""
+        return {w.session if w.session is not None else w for w in waiters if w.session not in self.bound}
+
+    def _in_flight(self) -> int:
+        """Starts under way: kernels starting now and failed starts waiting to retry."""
+        return len(self._retries) + sum(s.state is KernelState.STARTING for s in self.slots.values())
+
     def _plan(self, fx: Effects) -> None:
-        if not self.waiters and (self.min_idle == 0 or self._prewarm_suspended):
+        if not self.waiters and not self._retries and (self.min_idle == 0 or self._prewarm_suspended):
             return  # nobody waits and nothing is kept warm: checkout and check-in stay O(1)
-        starting = fresh = spent = live = 0
+        starting = fresh = spent = live = stopping = 0
         for slot in self.slots.values():
             starting += slot.state is KernelState.STARTING
+            stopping += slot.state is KernelState.STOPPING
             idle_free = slot.state is KernelState.IDLE and slot.session is None
             fresh += idle_free and not slot.anonymous
             spent += idle_free and slot.anonymous
             live += slot.state is not KernelState.DEAD
-        capacity = self.max_kernels - live
-        if capacity <= 0 and not spent:
-            return  # full and nothing to evict: a start must wait for a kernel to go
-        new_sessions = set()
-        anonymous = 0
-        for w in self.waiters:
-            if w.session is None:
-                anonymous += 1
-            elif w.session not in self.bound:
-                new_sessions.add(w.session)
-        demand = len(new_sessions) + anonymous
-        prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh - max(0, starting - demand))
-        need = max(0, demand - starting) + prewarm
-        if need == 0:
-            return
-        if self.clock() < self._backoff_until:
-            fx.retry_at = self._backoff_until
-            return
-        shortfall = min(need, max(0, demand - starting)) - capacity
-        for slot in list(self.slots.values()):  # make room for real demand by evicting spent anonymous kernels
-            if shortfall <= 0:
-                break
-            if slot.state is KernelState.IDLE and slot.anonymous and slot.session is None:
-                self._stop(slot, now=False, fx=fx)
-                shortfall -= 1
-        for _ in range(min(need, capacity)):
-            slot = Slot(kernel_id=f"{self._pool_tag}-{next(self._ids)}-{uuid.uuid4().hex[:8]}")
-            self.slots[slot.kernel_id] = slot
-            fx.start.append(slot)
+        demand = len(self._demand(self.waiters))
+        prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh)
+        wanted = max(0, demand + prewarm - starting)  # starts needed beyond those running now
+        retries, self._retries = self._retries[:wanted], []  # a retry nobody needs any more is dropped
+        wanted -= len(retries)
+        room, now = self.max_kernels - live, self.clock()
+        for retry in retries:
+            if retry.due <= now and room > 0:
+                self._new_slot(fx, attempt=retry.attempt)
+                room -= 1
+            else:
+                self._retries.append(retry)
+        capacity = room - len(self._retries)  # a retry waiting out its back-off keeps its place
+        if any(r.due > now for r in self._retries):
+            fx.retry_at = min(r.due for r in self._retries if r.due > now)
+        # make room for real demand: spent anonymous kernels first, then (if allowed) idle sessions
+        shortfall = min(wanted, max(0, demand - starting - len(retries))) - capacity - stopping
+        if shortfall > 0:
+            self._make_room(shortfall, fx)
+        for _ in range(max(0, min(wanted, capacity))):
+            self._new_slot(fx, attempt=1)
+
+    def _new_slot(self, fx: Effects, attempt: int) -> None:
+        slot = Slot(kernel_id=f"{self._pool_tag}-{next(self._ids)}-{uuid.uuid4().hex[:8]}", attempt=attempt)
+        self.slots[slot.kernel_id] = slot
+        fx.start.append(slot)
+
+    def _make_room(self, shortfall: int, fx: Effects) -> None:
+        """Stop up to ``shortfall`` idle kernels so new demand can start: spent anonymous ones,
+        then, with ``evict_idle``, the least recently used idle sessions nobody is queued on."""
+        victims = [s for s in self.slots.values() if s.state is KernelState.IDLE and s.anonymous and s.session is None]
+        if self.evict_idle and len(victims) < shortfall:
+            queued = {w.session for w in self.waiters}
+            idle = [
+                s
+                for s in self.slots.values()
+                if s.state is KernelState.IDLE and s.session is not None and s.session not in queued
+            ]
+            victims += sorted(idle, key=lambda s: s.last_used or 0.0)
+        for slot in victims[:shortfall]:
+            if slot.session is not None:
+                fx.evicted.append(slot.session)
+                self.counters["evicted"] += 1
+                self._unbind(slot, lost="evicted: the pool was full and another session needed a kernel", fx=fx)
+            self._stop(slot, now=False, fx=fx)
 
     @property
     def prewarm_suspended(self) -> bool:
@@ -375,6 +428,8 @@ class Books:
             fx.failed.append((w, SessionLost(session, lost)))
         if not queued:
             self.lost[session] = lost
+            if len(self.lost) > _LOST_MEMORY:
+                del self.lost[next(iter(self.lost))]  # forget the oldest loss: bounded memory
 
     def _stop(self, slot: Slot, now: bool, fx: Effects) -> None:
         slot.state = KernelState.STOPPING

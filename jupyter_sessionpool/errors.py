@@ -28,19 +28,37 @@ class PoolClosed(PoolError, RuntimeError):
 class CheckoutTimeout(PoolError, TimeoutError):
     """No kernel became free for this session within ``checkout_timeout``.
 
-    ``holders`` maps each busy kernel id to the session holding it (None: anonymous).
+    ``holders`` maps each kernel id to the session holding it (None: an anonymous lease)
+    and ``states`` maps it to that kernel's state: sessions that sit idle hold a kernel
+    too, until they are released.
     """
 
-    def __init__(self, session: str | None, timeout: float, holders: dict[str, str | None]) -> None:
+    def __init__(
+        self,
+        session: str | None,
+        timeout: float,
+        holders: dict[str, str | None],
+        states: dict[str, str] | None = None,
+    ) -> None:
         self.session = session
         self.timeout = timeout
         self.holders = holders
-        held = ", ".join(f"{kid[:8]}={s or '<anonymous>'}" for kid, s in holders.items()) or "none"
+        self.states = states or {}
+        held = ", ".join(
+            f"{s!r} ({self.states.get(kid, 'busy')})" if s else f"an anonymous lease ({self.states.get(kid, 'busy')})"
+            for kid, s in holders.items()
+        ) or "nobody (kernels are starting or stopping)"
         who = f"session {session!r}" if session else "an anonymous lease"
+        named = [s for s in holders.values() if s]
+        free = f"release one (pool.release({named[0]!r}) or %pool release {named[0]}), " if named else ""
         super().__init__(
             f"no kernel free for {who} within {timeout:g} s; kernels are held by: {held}. "
-            "Raise max_kernels or checkout_timeout, or release sessions you no longer need."
+            f"To free one: {free}raise max_kernels, or set evict_idle_sessions=True to evict the least "
+            "recently used idle session."
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.session, self.timeout, self.holders, self.states))
 
 
 class ExecutionTimeout(PoolError, TimeoutError):
@@ -62,6 +80,9 @@ class ExecutionTimeout(PoolError, TimeoutError):
             else "the kernel was interrupted and keeps its state"
         )
         super().__init__(f"cell exceeded its timeout of {timeout:g} s; {after}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.session, self.timeout, self.restarted, self.result))
 
 
 class ExecutionError(PoolError):
@@ -88,17 +109,31 @@ class ExecutionError(PoolError):
 
 
 class KernelDied(PoolError):
-    """The kernel process exited while this caller held it; its state is gone."""
+    """The kernel process exited while this caller held it; its state is gone.
+
+    ``result`` holds the outputs received before the death, or is None when the kernel
+    was already gone before this call sent its code.
+    """
 
     def __init__(self, kernel_id: str, session: str | None, result: ExecutionResult | None = None) -> None:
         self.kernel_id = kernel_id
         self.session = session
         self.result = result
         where = f" (session {session!r})" if session else ""
-        super().__init__(
-            f"kernel {kernel_id[:8]}{where} died while running code; outputs received before "
-            "the death are on .result. The next call gets a fresh kernel."
+        when = (
+            "died while running code; outputs received before the death are on .result"
+            if result is not None
+            else "died before this call could run code"
         )
+        after = (
+            "The session's next call raises SessionLost once, then runs on a fresh kernel: re-run its set-up code."
+            if session
+            else "The next call gets a fresh kernel."
+        )
+        super().__init__(f"kernel {kernel_id[:8]}{where} {when}. {after}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kernel_id, self.session, self.result))
 
 
 class SessionLost(PoolError):
@@ -115,6 +150,9 @@ class SessionLost(PoolError):
             "Call again to continue on a fresh kernel, re-running any set-up code."
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.session, self.reason))
+
 
 class KernelStartError(PoolError):
     """A kernel failed to start after every retry. ``stderr`` is the kernel's own tail."""
@@ -125,6 +163,9 @@ class KernelStartError(PoolError):
         self.reason = reason
         self.stderr = stderr
         self.attempts = attempts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kernel_name, self.reason, self.stderr, self.attempts))
 
     def __str__(self) -> str:
         tail = f"\n--- kernel stderr (tail) ---\n{self.stderr.rstrip()}" if self.stderr.strip() else ""

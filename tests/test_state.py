@@ -341,3 +341,142 @@ def test_only_as_many_spent_kernels_are_evicted_as_sessions_need(clock):
         b.checkin(slot)
     _, fx = b.checkout("a")
     assert len(fx.stop) == 1 and fx.stop[0][0] in spent, "one session needs one place"
+
+
+# ---- start retries are per attempt chain ------------------------------------------------------
+
+
+def test_one_failed_start_of_several_is_retried_and_fails_nobody(clock):
+    """3 of 4 concurrent starts fail once: each is retried, and all 4 callers get kernels."""
+    b = books(clock, max_kernels=4, start_retries=2)
+    waiters, slots = [], []
+    for name in "abcd":
+        w, fx = b.checkout(name)
+        waiters.append(w)
+        slots += fx.start
+    assert len(slots) == 4
+    error = KernelStartError("python3", "boom")
+    for slot in slots[:3]:
+        fx = b.start_failed(slot, error)
+        assert fx.failed == [] and fx.retried == [slot]
+    clock.now += 1
+    retries = b.settle().start
+    assert [s.attempt for s in retries] == [2, 2, 2]
+    granted = [w for s in [slots[3], *retries] for w, _ in b.started(s).granted]
+    assert sorted(w.session for w in granted) == list("abcd")
+
+
+def test_a_chain_fails_only_its_own_waiter_once_its_retries_are_spent(clock):
+    b = books(clock, max_kernels=2, start_retries=1)
+    wa, fa = b.checkout("a")
+    wb, fb = b.checkout("b")
+    (sa,), (sb,) = fa.start, fb.start
+    error = KernelStartError("python3", "boom")
+    b.start_failed(sa, error)
+    clock.now += 1
+    (retry,) = b.settle().start
+    assert retry.attempt == 2
+    fx = b.start_failed(retry, error)
+    assert [w for w, _ in fx.failed] == [wb], "the last waiter loses; the other start still serves the first"
+    assert error.attempts == 2
+    assert b.started(sb).granted == [(wa, sb)]
+
+
+def test_an_exhausted_chain_fails_nobody_while_other_starts_cover_every_waiter(clock):
+    b = books(clock, max_kernels=3, min_idle=1, start_retries=0)
+    (prewarm,) = b.settle().start
+    w, fx = b.checkout("a")
+    fx = b.start_failed(prewarm, KernelStartError("python3", "boom"))
+    assert fx.failed == [] and list(b.waiters) == [w]
+
+
+def test_every_caller_queued_on_the_failed_new_session_fails_together(clock):
+    b = books(clock, max_kernels=2, start_retries=0)
+    w1, fx = b.checkout("a")
+    w2, _ = b.checkout("a")
+    fx = b.start_failed(fx.start[0], KernelStartError("python3", "boom"))
+    assert [w for w, _ in fx.failed] == [w1, w2] and not b.waiters
+
+
+def test_a_retry_waiting_out_its_back_off_keeps_its_place(clock):
+    b = books(clock, max_kernels=1, start_retries=1)
+    _, fx = b.checkout("a")
+    b.start_failed(fx.start[0], KernelStartError("python3", "boom"))
+    _, fx = b.checkout("b")
+    assert fx.start == [], "the only place is held by a's retry"
+    clock.now += 1
+    (retry,) = b.settle().start
+    assert retry.attempt == 2
+
+
+# ---- evicting idle sessions (opt-in) ----------------------------------------------------------
+
+
+def full_of_idle_sessions(clock, names="abc", evict=True) -> tuple[Books, dict[str, Slot]]:
+    b = books(clock, max_kernels=len(names))
+    b.evict_idle = evict
+    slots = {}
+    for name in names:
+        clock.now += 1
+        (slot,) = start_all(b, b.checkout(name)[1])
+        slots[name] = slot
+    for name in names:  # check in in this order: a is the least recently used
+        clock.now += 1
+        b.checkin(slots[name])
+    return b, slots
+
+
+def test_a_full_pool_evicts_the_least_recently_used_idle_session(clock):
+    b, slots = full_of_idle_sessions(clock)
+    b.checkin(b.checkout("a")[1].granted[0][1])  # a is used again: b is now the oldest
+    w, fx = b.checkout("new")
+    assert fx.stop == [(slots["b"], False)] and fx.evicted == ["b"]
+    assert b.counters["evicted"] == 1 and "b" not in b.bound
+    assert b.settle().stop == [], "one eviction per kernel needed, not one per settle"
+    (fresh,) = start_all(b, b.removed(slots["b"]))
+    assert b.bound["new"] is fresh
+    with pytest.raises(SessionLost, match="evicted"):
+        b.checkout("b")
+
+
+def test_eviction_never_takes_a_busy_session_or_one_with_queued_callers(clock):
+    b, slots = full_of_idle_sessions(clock)
+    b.checkout("a")  # a is busy now
+    b.checkout("b")  # b busy ...
+    b.checkout("b")  # ... with a caller queued on it
+    _, fx = b.checkout("new")
+    assert fx.evicted == ["c"], "only c is idle with nobody queued"
+    _, fx = b.checkout("newer")
+    assert fx.evicted == [] and fx.stop == []
+
+
+def test_eviction_is_off_by_default(clock):
+    b, _ = full_of_idle_sessions(clock, evict=False)
+    _, fx = b.checkout("new")
+    assert fx.stop == [] and fx.evicted == [] and b.counters["evicted"] == 0
+
+
+def test_spent_anonymous_kernels_go_before_any_idle_session(clock):
+    b = books(clock, max_kernels=2)
+    b.evict_idle = True
+    (a,) = start_all(b, b.checkout("a")[1])
+    (anon,) = start_all(b, b.checkout(None)[1])
+    b.checkin(a)
+    b.checkin(anon)
+    _, fx = b.checkout("new")
+    assert fx.stop == [(anon, False)] and fx.evicted == [] and b.bound["a"] is a
+
+
+# ---- bounded memory ----------------------------------------------------------------------------
+
+
+def test_lost_sessions_are_remembered_up_to_a_bound(clock):
+    from jupyter_sessionpool._state import _LOST_MEMORY
+
+    b = books(clock, max_kernels=1)
+    for i in range(_LOST_MEMORY + 10):
+        (slot,) = start_all(b, b.checkout(f"s{i}")[1])
+        b.checkin(slot, discard="gone")
+        b.removed(slot)
+    assert len(b.lost) == _LOST_MEMORY
+    assert "s0" not in b.lost and f"s{_LOST_MEMORY + 9}" in b.lost
