@@ -13,7 +13,7 @@ import math
 import reprlib
 from typing import Any
 
-from traitlets import Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 _MAX_SESSION_LEN = 200
@@ -59,6 +59,8 @@ def _positive_or_none(name: str, value: Any) -> Any:
 class PoolSettings(LoggingConfigurable):
     """Every setting of a kernel pool; see each trait's help."""
 
+    _constructed = False  # True once __init__ has applied config and keyword arguments
+
     kernel_name = Unicode("python3", help="Kernelspec every pooled kernel is started from.").tag(config=True)
     max_kernels = Int(4, help="Most kernels alive at once (running, idle or starting).").tag(config=True)
     min_idle = Int(
@@ -83,6 +85,13 @@ class PoolSettings(LoggingConfigurable):
     session_idle_timeout = Float(
         None, allow_none=True, help="Seconds a session may stay idle before it is released; None: never."
     ).tag(config=True)
+    evict_idle_sessions = Bool(
+        False,
+        help="When every kernel is taken and a new session (or anonymous caller) needs one, release the "
+        "least recently used idle session that nobody is queued on, instead of waiting for a kernel to "
+        "free up. The evicted session's next call raises SessionLost. For services with many short-lived "
+        "users; off by default because it discards a session's variables.",
+    ).tag(config=True)
     env = Dict(
         {}, help="Extra environment variables for kernels, on top of this process's environment."
     ).tag(config=True)
@@ -106,17 +115,31 @@ class PoolSettings(LoggingConfigurable):
         # one named logger for every pool, so an operator configures "jupyter_sessionpool" once
         return logging.getLogger("jupyter_sessionpool")
 
-    @validate("max_kernels")
-    def _check_max(self, proposal: Any) -> int:
-        if proposal.value < 1:
-            raise TraitError(f"max_kernels must be at least 1, got {proposal.value}")
-        return proposal.value
-
     @validate("min_idle", "start_retries", "max_output_size")
     def _check_non_negative(self, proposal: Any) -> int:
         if proposal.value < 0:
             raise TraitError(f"{proposal.trait.name} must be 0 or more, got {proposal.value}")
+        if proposal.trait.name == "min_idle" and self._constructed:
+            self._check_min_idle(proposal.value, self.max_kernels)
         return proposal.value
+
+    @validate("max_kernels")
+    def _check_max(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise TraitError(f"max_kernels must be at least 1, got {proposal.value}")
+        if self._constructed:
+            self._check_min_idle(self.min_idle, proposal.value)
+        return proposal.value
+
+    @staticmethod
+    def _check_min_idle(min_idle: int, max_kernels: int) -> None:
+        # checked once construction is done, so that the order of keyword arguments or config
+        # lines does not matter; later changes are checked one at a time
+        if min_idle > max_kernels:
+            raise TraitError(
+                f"min_idle ({min_idle}) cannot exceed max_kernels ({max_kernels}): the pool could never keep "
+                "that many kernels ready. Lower min_idle, or raise max_kernels first."
+            )
 
     @validate(
         "checkout_timeout",
@@ -142,6 +165,8 @@ class PoolSettings(LoggingConfigurable):
             settings = ", ".join(sorted(self.class_trait_names(config=True)))
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; the settings are: {settings}")
         super().__init__(**kwargs)
+        self._check_min_idle(self.min_idle, self.max_kernels)
+        self._constructed = True
 
     def settings(self) -> dict[str, Any]:
         """The current value of every configurable setting."""

@@ -196,7 +196,9 @@ class AsyncKernelPool(PoolSettings):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_kernelspec(self.kernel_name)
-        self._books = Books(self.max_kernels, self.min_idle, self.start_retries, time.monotonic)
+        self._books = Books(
+            self.max_kernels, self.min_idle, self.start_retries, time.monotonic, self.evict_idle_sessions
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dir: Path | None = None
         self._context: zmq.asyncio.Context | None = None
@@ -205,7 +207,7 @@ class AsyncKernelPool(PoolSettings):
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry: asyncio.TimerHandle | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
-        self._closed: asyncio.Future[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -243,24 +245,33 @@ class AsyncKernelPool(PoolSettings):
         await asyncio.wait_for(fut, check_timeout(timeout))
 
     async def shutdown(self) -> None:
-        """Stop every kernel: shutdown request, then kill after ``shutdown_timeout``. Idempotent."""
+        """Stop every kernel: shutdown request, then kill after ``shutdown_timeout``. Idempotent.
+
+        The work runs in a task of its own that the caller's cancellation does not stop: a
+        cancelled ``shutdown()`` still stops every kernel, and any later call awaits the same work.
+        """
         if self._loop is None:
             self._books.closed = True
             return
-        if self._closed is None:
-            self._closed = self._loop.create_future()
-            for timer in [*self._timers.values(), self._retry]:
-                if timer is not None:
-                    timer.cancel()
-            self._apply(self._books.close())
-            self._fail_ready(PoolClosed())
-            while self._tasks:
-                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            self._context.destroy(linger=0)
-            self._remove_dir()
-            atexit.unregister(self._remove_dir)
-            self._closed.set_result(None)
-        await self._closed
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        kernels = len(self._books.slots)
+        self.log.info("shutting down the pool: stopping %d kernel(s)", kernels)
+        for timer in [*self._timers.values(), self._retry]:
+            if timer is not None:
+                timer.cancel()
+        self._timers.clear()
+        self._apply(self._books.close())
+        self._fail_ready(PoolClosed())
+        while self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+        self._context.destroy(linger=0)
+        self._remove_dir()
+        atexit.unregister(self._remove_dir)
+        self.log.info("pool shut down: %d kernel(s) stopped", kernels)
 
     # ---- checkout and execute ------------------------------------------------------------
 
@@ -306,7 +317,7 @@ class AsyncKernelPool(PoolSettings):
             if not fut.done():
                 self._abandon(waiter, fut)
                 self._count("timeouts")
-                raise CheckoutTimeout(session, timeout or 0.0, self._holders())
+                raise CheckoutTimeout(session, timeout or 0.0, *self._holders())
         return Lease(self, fut.result())
 
     def _abandon(self, waiter: Waiter, fut: asyncio.Future[Slot]) -> None:
@@ -316,8 +327,15 @@ class AsyncKernelPool(PoolSettings):
         elif not fut.cancelled() and fut.exception() is None:
             self._checkin(fut.result())
 
-    def _holders(self) -> dict[str, str | None]:
-        return {s.kernel_id: s.session for s in self._books.slots.values() if s.state is KernelState.BUSY}
+    def _holders(self) -> tuple[dict[str, str | None], dict[str, str]]:
+        """Who holds each kernel (session, None for an anonymous lease) and in which state:
+        busy kernels, and idle ones bound to a session, which stay taken until it is released."""
+        held = [
+            s
+            for s in self._books.slots.values()
+            if s.state is KernelState.BUSY or (s.state is KernelState.IDLE and s.session is not None)
+        ]
+        return {s.kernel_id: s.session for s in held}, {s.kernel_id: s.state.value for s in held}
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -329,6 +347,8 @@ class AsyncKernelPool(PoolSettings):
         """Shut down ``session``'s kernel (killing a running cell); False if it held none."""
         session = check_session(session)
         released, fx = self._books.release(session)
+        if released:
+            self.log.info("session %r released", session)
         await self._apply_and_wait(fx)
         return released
 
@@ -336,6 +356,8 @@ class AsyncKernelPool(PoolSettings):
         """Replace ``session``'s kernel with a fresh one on its next call; False if it held none."""
         session = check_session(session)
         restarted, fx = self._books.restart(session)
+        if restarted:
+            self.log.info("session %r restarted: its next call gets a fresh kernel", session)
         await self._apply_and_wait(fx)
         return restarted
 
@@ -365,11 +387,12 @@ class AsyncKernelPool(PoolSettings):
 
         return unsubscribe
 
-    @observe("max_kernels", "min_idle", "start_retries")
+    @observe("max_kernels", "min_idle", "start_retries", "evict_idle_sessions")
     def _settings_changed(self, change: dict[str, Any]) -> None:
         if "_books" not in self.__dict__:
             return  # still in __init__: the books are built from the final values
-        setattr(self._books, change["name"], change["new"])
+        name = "evict_idle" if change["name"] == "evict_idle_sessions" else change["name"]
+        setattr(self._books, name, change["new"])
         if self._loop is not None and not self._books.closed:
             self._apply(self._books.settle())
 
@@ -388,9 +411,17 @@ class AsyncKernelPool(PoolSettings):
             self._spawn(slot, self._start(slot))
         for slot, now in fx.stop:
             self._spawn(slot, self._stop(slot, now))
-        if fx.retry_at is not None and self._retry is None:
-            delay = max(0.0, fx.retry_at - time.monotonic())
-            self._retry = self._loop.call_later(delay, self._retry_starts)
+        for session in fx.evicted:
+            self.log.info("session %r evicted: the pool was full and another session needed a kernel", session)
+        for slot in fx.retried:
+            self.log.warning(
+                "kernel %s failed to start (attempt %d of %d); retrying after a back-off",
+                slot.kernel_id, slot.attempt, self._books.start_retries + 1,
+            )
+        if fx.retry_at is not None and (self._retry is None or fx.retry_at < self._retry.when()):
+            if self._retry is not None:
+                self._retry.cancel()
+            self._retry = self._loop.call_at(fx.retry_at - time.monotonic() + self._loop.time(), self._retry_starts)
         if self._ready_waiters and self._books.fresh_idle() >= self.min_idle:
             for fut in self._ready_waiters:
                 if not fut.done():
@@ -417,10 +448,12 @@ class AsyncKernelPool(PoolSettings):
         await coro
 
     async def _apply_and_wait(self, fx: Effects) -> None:
+        """Apply ``fx`` and wait for its kernels to stop. Cancelling the wait does not cancel
+        the stops (``asyncio.wait``, not ``gather``): no kernel is left alive and untracked."""
         self._apply(fx)
         stopping = [self._tasks[slot] for slot, _ in fx.stop if slot in self._tasks]
         if stopping:
-            await asyncio.gather(*stopping, return_exceptions=True)
+            await asyncio.wait(stopping)
 
     def _retry_starts(self) -> None:
         self._retry = None
@@ -436,14 +469,22 @@ class AsyncKernelPool(PoolSettings):
             self._timers[session] = self._loop.call_later(delay, self._expire, session)
 
     def _expire(self, session: str) -> None:
+        """The session's idle timer fired: release it if it has really been idle that long.
+
+        A busy session is left alone without a timer (its check-in arms the next one), so a
+        long cell costs nothing; an idle one used since the timer was armed gets a new timer
+        for the rest of its idle time.
+        """
         del self._timers[session]
         slot = self._books.bound.get(session)
-        if slot is None:
+        if slot is None or slot.state is not KernelState.IDLE or self.session_idle_timeout is None:
             return
+        remaining = (slot.last_used or 0.0) + self.session_idle_timeout - time.monotonic()
+        if remaining > 0:
+            self._arm_expiry(session, remaining)
+            return
+        self.log.info("session %r expired after %g s idle", session, self.session_idle_timeout)
         self._apply(self._books.expire(session, self.session_idle_timeout))
-        if self._books.bound.get(session) is slot and slot.last_used is not None:
-            remaining = slot.last_used + self.session_idle_timeout - time.monotonic()
-            self._arm_expiry(session, max(remaining, 0.01))
 
     def _count(self, counter: str) -> None:
         self._books.counters[counter] += 1

@@ -36,6 +36,110 @@ def _shutdown_all() -> None:
         pool.shutdown()
 
 
+class _LoopThread:
+    """The private event-loop thread of one KernelPool, and every call in flight on it.
+
+    Calls are handed to the loop under the same lock that marks the pool closing and the
+    loop stopped, so a call is either refused with PoolClosed or reaches a loop that answers
+    it (a result, or PoolClosed once the pool is shut down): no caller can be left waiting
+    on a loop that will never run its call. Holds no reference to the KernelPool, so a
+    pool dropped without ``shutdown()`` can be collected and its kernels stopped.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.closing = False  # shutdown has begun: new work is refused, bookkeeping calls still run
+        self.stopped = False  # the loop has stopped for good
+        self.closed: concurrent.futures.Future[None] | None = None  # the shutdown work, once begun
+        self.calls: set[concurrent.futures.Future[Any]] = set()
+
+    def submit(self, coro: Coroutine[Any, Any, T], while_closing: bool = False) -> concurrent.futures.Future[T]:
+        """Hand ``coro`` to the loop (starting it on first use) and return its Future."""
+        with self.lock:
+            if self.stopped or (self.closing and not while_closing):
+                coro.close()
+                raise PoolClosed()
+            if threading.current_thread() is self.thread:
+                coro.close()
+                raise RuntimeError("a blocking KernelPool call was made from the pool's own thread "
+                                   "(inside on_output or a subscriber); use the AsyncKernelPool there")
+            if self.loop is None:
+                self._start()
+            fut = asyncio.run_coroutine_threadsafe(self._answer(coro), self.loop)
+            self.calls.add(fut)
+        fut.add_done_callback(self.calls.discard)
+        return fut
+
+    async def _answer(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if self.closing:  # cancelled by the shutdown, not by its caller
+                raise PoolClosed("the kernel pool was shut down before this call finished") from None
+            raise
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                self._on_stopped()
+                loop.close()
+
+        self.thread = threading.Thread(target=main, name="jupyter-sessionpool", daemon=True)
+        self.thread.start()
+        ready.wait()
+        self.loop = loop
+
+    def _on_stopped(self) -> None:
+        with self.lock:
+            self.stopped = True
+            left = [fut for fut in self.calls if not fut.done()]
+        for fut in left:  # handed over but never run: the loop is gone
+            try:
+                fut.set_exception(PoolClosed())
+            except concurrent.futures.InvalidStateError:
+                pass  # its caller cancelled it at this very moment
+
+    def close(self, pool: AsyncKernelPool) -> concurrent.futures.Future[None] | None:
+        """Begin the shutdown once (refusing new work) and return its Future; None if the loop never ran."""
+        with self.lock:
+            self.closing = True
+            if self.loop is None or self.stopped:
+                return self.closed
+            if self.closed is None:
+                loop = self.loop
+                self.closed = asyncio.run_coroutine_threadsafe(_close(pool), loop)
+                self.closed.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+            return self.closed
+
+    def abandon(self, pool: AsyncKernelPool) -> None:
+        """The KernelPool was garbage-collected without ``shutdown()``: stop its kernels, wait for nothing."""
+        if not self.closing and self.loop is not None:
+            pool.log.warning("a KernelPool was dropped without shutdown(); stopping its kernels")
+        self.close(pool)
+
+
+async def _close(pool: AsyncKernelPool) -> None:
+    """On the loop: shut the pool, then let the calls still in flight finish (each gets its
+    result or PoolClosed); any still running after ``shutdown_timeout`` is cancelled."""
+    await pool.shutdown()
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        _, late = await asyncio.wait(others, timeout=pool.shutdown_timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=pool.shutdown_timeout)
+
+
 class SyncLease:
     """A kernel held by a blocking caller for the ``with`` block; see :class:`Lease`."""
 
@@ -108,42 +212,16 @@ class KernelPool(PoolSettings):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._async = AsyncKernelPool(parent=self.parent, **self.settings())
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._stopped = False
+        self._loop_thread = _LoopThread()
+        # a pool dropped without shutdown() stops its kernels when collected, not at process exit
+        self._finalizer = weakref.finalize(self, self._loop_thread.abandon, self._async)
+        self._finalizer.atexit = False  # at exit, _shutdown_all shuts live pools down properly
         _live.add(self)
 
     # ---- the private loop ------------------------------------------------------------------
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def main() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-                    loop.close()
-
-                self._thread = threading.Thread(target=main, name="jupyter-sessionpool", daemon=True)
-                self._thread.start()
-                ready.wait()
-                self._loop = loop
-        return self._loop
-
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._stopped:
-            coro.close()
-            raise PoolClosed()
-        loop = self._ensure_loop()
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("a blocking KernelPool call was made from the pool's own thread "
-                               "(inside on_output or a subscriber); use the AsyncKernelPool there")
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        fut = self._loop_thread.submit(coro)
         try:
             return fut.result()
         except KeyboardInterrupt:
@@ -151,14 +229,24 @@ class KernelPool(PoolSettings):
             raise
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a plain (non-blocking) function on the pool's thread and return its value."""
-        if self._loop is None or self._stopped or threading.current_thread() is self._thread:
-            return fn(*args)  # no loop thread to race with
+        """Run a plain (non-blocking) function on the pool's thread and return its value.
+
+        Still works while the pool shuts down; once its loop has stopped (or before it ever
+        ran) there is no thread to race with, and ``fn`` runs right here.
+        """
+        lt = self._loop_thread
+        if lt.loop is None or lt.stopped or threading.current_thread() is lt.thread:
+            return fn(*args)
 
         async def call() -> T:
             return fn(*args)
 
-        return self._run(call())
+        try:
+            return lt.submit(call(), while_closing=True).result()
+        except PoolClosed:
+            if lt.stopped:
+                return fn(*args)  # the loop stopped meanwhile
+            raise
 
     @observe(*PoolSettings.class_trait_names(config=True))
     def _forward(self, change: dict[str, Any]) -> None:
@@ -210,10 +298,7 @@ class KernelPool(PoolSettings):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         check_session(session)
         check_timeout(timeout)
-        if self._stopped:
-            raise PoolClosed()
-        coro = self._async.execute(code, session, timeout, on_output, store_history)
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+        return self._loop_thread.submit(self._async.execute(code, session, timeout, on_output, store_history))
 
     def checkout(self, session: str | None = None, timeout: float | None = _UNSET) -> SyncLease:
         """``with pool.checkout("b") as lease``: hold session b's kernel for the block."""
@@ -251,15 +336,23 @@ class KernelPool(PoolSettings):
         return self._run(self._async.interrupt(session))
 
     def shutdown(self) -> None:
-        """Stop every kernel and the pool's thread. Idempotent."""
-        if self._stopped:
-            return
-        if threading.current_thread() is self._thread:
+        """Stop every kernel and the pool's thread. Idempotent, and safe from any thread.
+
+        Calls made meanwhile from other threads get their result or PoolClosed. A
+        KeyboardInterrupt stops the waiting, not the shutdown: the kernels are still
+        stopped (or, if the interpreter is exiting, die with this process).
+        """
+        if threading.current_thread() is self._loop_thread.thread:
             raise RuntimeError("KernelPool.shutdown() cannot run on the pool's own thread")
-        if self._loop is not None:
-            self._run(self._async.shutdown())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._async._books.closed = True
-        self._stopped = True
+        self._finalizer.detach()
+        closed = self._loop_thread.close(self._async)
+        if closed is None:  # never started: no kernel, no thread
+            self._async._books.closed = True
+        else:
+            try:
+                closed.result()
+                self._loop_thread.thread.join(self.shutdown_timeout + 5)
+            except KeyboardInterrupt:
+                self.log.warning("shutdown interrupted; its kernels are still being stopped")
+                raise
         _live.discard(self)
