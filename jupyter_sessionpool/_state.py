@@ -255,7 +255,8 @@ class Books:
         return self.release(session, reason="idle timeout")[1]
 
     def close(self) -> Effects:
-        """Shut everything: fail all waiters with PoolClosed and stop every kernel."""
+        """Shut everything: fail all waiters with PoolClosed and stop every kernel (kill busy
+        and starting ones: neither has state worth a graceful exit)."""
         fx = Effects()
         self.closed = True
         self._retries.clear()
@@ -265,7 +266,8 @@ class Books:
             if slot.state in (KernelState.IDLE, KernelState.BUSY, KernelState.STARTING):
                 if slot.session is not None:
                     self.bound.pop(slot.session, None)
-                self._stop(slot, now=slot.state is KernelState.BUSY, fx=fx)
+                # only an idle kernel is asked to exit; a busy or half-started one is killed
+                self._stop(slot, now=slot.state is not KernelState.IDLE, fx=fx)
         return fx
 
     # ---- the one place decisions are made -----------------------------------------

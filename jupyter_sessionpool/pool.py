@@ -208,6 +208,8 @@ class AsyncKernelPool(PoolSettings):
         self._retry: asyncio.TimerHandle | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
         self._closing: asyncio.Task[None] | None = None
+        self._hurried = False  # Ctrl-C during shutdown: kill kernels instead of asking them to exit
+        self._kills: set[asyncio.Task[None]] = set()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -266,12 +268,22 @@ class AsyncKernelPool(PoolSettings):
         self._timers.clear()
         self._apply(self._books.close())
         self._fail_ready(PoolClosed())
-        while self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
+        while self._tasks or self._kills:
+            await asyncio.wait([*self._tasks.values(), *self._kills])
         self._context.destroy(linger=0)
         self._remove_dir()
         atexit.unregister(self._remove_dir)
         self.log.info("pool shut down: %d kernel(s) stopped", kernels)
+
+    def _hurry(self) -> None:
+        """Kill every kernel still stopping, without waiting for it to exit on its own
+        (what Ctrl-C during a shutdown asks for); later stops kill at once too."""
+        self._hurried = True
+        for slot in self._books.slots.values():
+            if slot.state is KernelState.STOPPING and slot.handle is not None:
+                kill = asyncio.ensure_future(slot.handle.shutdown(0, now=True))  # overtakes a graceful stop
+                self._kills.add(kill)
+                kill.add_done_callback(self._kills.discard)
 
     # ---- checkout and execute ------------------------------------------------------------
 
@@ -523,7 +535,7 @@ class AsyncKernelPool(PoolSettings):
     async def _stop(self, slot: Slot, now: bool) -> None:
         try:
             if slot.handle is not None:
-                await slot.handle.shutdown(self.shutdown_timeout, now=now)
+                await slot.handle.shutdown(self.shutdown_timeout, now=now or self._hurried)
         finally:
             self._apply(self._books.removed(slot))
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .notebook.widget import PoolWidget
 
 T = TypeVar("T")
+_KILL_WAIT = 5.0  # seconds a shutdown waits for kernels it has killed, and for the loop thread to end
 _live: weakref.WeakSet[KernelPool] = weakref.WeakSet()
 
 
@@ -90,23 +91,15 @@ class _LoopThread:
             try:
                 loop.run_forever()
             finally:
-                self._on_stopped()
+                with self.lock:
+                    self.stopped = True  # nothing reaches the loop from here on ...
+                loop.run_until_complete(_finish_calls())  # ... and what just did is answered
                 loop.close()
 
         self.thread = threading.Thread(target=main, name="jupyter-sessionpool", daemon=True)
         self.thread.start()
         ready.wait()
         self.loop = loop
-
-    def _on_stopped(self) -> None:
-        with self.lock:
-            self.stopped = True
-            left = [fut for fut in self.calls if not fut.done()]
-        for fut in left:  # handed over but never run: the loop is gone
-            try:
-                fut.set_exception(PoolClosed())
-            except concurrent.futures.InvalidStateError:
-                pass  # its caller cancelled it at this very moment
 
     def close(self, pool: AsyncKernelPool) -> concurrent.futures.Future[None] | None:
         """Begin the shutdown once (refusing new work) and return its Future; None if the loop never ran."""
@@ -125,6 +118,16 @@ class _LoopThread:
         if not self.closing and self.loop is not None:
             pool.log.warning("a KernelPool was dropped without shutdown(); stopping its kernels")
         self.close(pool)
+
+
+async def _finish_calls() -> None:
+    """As the loop stops: run the calls handed over just before (the closed pool answers them
+    at once), then cancel whatever is left, so no caller waits on a loop that is gone."""
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
 
 
 async def _close(pool: AsyncKernelPool) -> None:
@@ -339,20 +342,25 @@ class KernelPool(PoolSettings):
         """Stop every kernel and the pool's thread. Idempotent, and safe from any thread.
 
         Calls made meanwhile from other threads get their result or PoolClosed. A
-        KeyboardInterrupt stops the waiting, not the shutdown: the kernels are still
-        stopped (or, if the interpreter is exiting, die with this process).
+        KeyboardInterrupt (Ctrl-C) during the shutdown kills the kernels still stopping
+        instead of waiting up to ``shutdown_timeout`` for them, then is re-raised.
         """
-        if threading.current_thread() is self._loop_thread.thread:
+        lt = self._loop_thread
+        if threading.current_thread() is lt.thread:
             raise RuntimeError("KernelPool.shutdown() cannot run on the pool's own thread")
         self._finalizer.detach()
-        closed = self._loop_thread.close(self._async)
-        if closed is None:  # never started: no kernel, no thread
-            self._async._books.closed = True
-        else:
+        closed = lt.close(self._async)
+        try:
+            if closed is None:  # never started: no kernel, no thread
+                self._async._books.closed = True
+                return
             try:
                 closed.result()
-                self._loop_thread.thread.join(self.shutdown_timeout + 5)
-            except KeyboardInterrupt:
-                self.log.warning("shutdown interrupted; its kernels are still being stopped")
+            except KeyboardInterrupt:  # Ctrl-C: stop asking kernels to exit, kill them, and go
+                self.log.warning("shutdown interrupted: killing the pool's kernels")
+                lt.loop.call_soon_threadsafe(self._async._hurry)
+                concurrent.futures.wait([closed], timeout=_KILL_WAIT)
                 raise
-        _live.discard(self)
+            lt.thread.join(_KILL_WAIT)
+        finally:
+            _live.discard(self)

@@ -99,3 +99,16 @@ def test_setting_a_bad_value_on_a_live_pool_is_refused(warm_pool):
         warm_pool.max_kernels = 0
     assert warm_pool.stats().max_kernels == 2
     assert_undisturbed(warm_pool)
+
+
+def test_min_idle_above_max_kernels_is_refused_at_construction_and_later():
+    with pytest.raises(TraitError, match=r"min_idle \(5\) cannot exceed max_kernels \(4\)"):
+        AsyncKernelPool(min_idle=5)
+    pool = AsyncKernelPool(min_idle=5, max_kernels=8)  # the order of the arguments does not matter
+    with pytest.raises(TraitError, match="raise max_kernels first"):
+        pool.max_kernels = 2
+    with pytest.raises(TraitError, match=r"min_idle \(9\) cannot exceed max_kernels \(8\)"):
+        pool.min_idle = 9
+    assert (pool.min_idle, pool.max_kernels) == (5, 8), "a refused value changes nothing"
+    with pytest.raises(TraitError, match="cannot exceed"):
+        KernelPool(min_idle=2, max_kernels=1)

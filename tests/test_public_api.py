@@ -43,3 +43,48 @@ def test_both_pools_have_the_same_settings_and_methods_with_docstrings():
         assert inspect.signature(KernelPool.execute).parameters.keys() == inspect.signature(
             AsyncKernelPool.execute
         ).parameters.keys()
+
+
+def test_every_public_error_survives_a_pickle_round_trip():
+    """Errors cross process boundaries (multiprocessing, ipyparallel, batch runners)."""
+    import pickle
+
+    from jupyter_sessionpool import (
+        CheckoutTimeout, ExecutionError, ExecutionResult, ExecutionTimeout, KernelDied, KernelStartError,
+        PoolClosed, PoolError, SessionLost,
+    )
+    from jupyter_sessionpool.errors import ProtocolError
+
+    result = ExecutionResult("error", 3, [], {"ename": "ValueError", "evalue": "bad", "traceback": ["tb"]},
+                             "a", "k-1234567890", 0.5)
+    errors = [
+        PoolError("boom"),
+        PoolClosed(),
+        CheckoutTimeout("b", 2.0, {"k-1": "a", "k-2": None}, {"k-1": "idle", "k-2": "busy"}),
+        ExecutionTimeout("a", 1.5, True, result),
+        ExecutionError(result),
+        KernelDied("k-1234567890", "a", result),
+        SessionLost("a", "its kernel died"),
+        KernelStartError("python3", "exit 7", "stderr tail", attempts=3),
+        ProtocolError("malformed message"),
+    ]
+    public = {obj for obj in vars(jupyter_sessionpool).values() if inspect.isclass(obj) and issubclass(obj, PoolError)}
+    assert public <= {type(e) for e in errors}, "every public error is covered"
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert {k: v for k, v in vars(copy).items() if k != "result"} == {
+            k: v for k, v in vars(error).items() if k != "result"
+        }
+
+
+def test_kernel_died_says_what_the_next_call_gets():
+    from jupyter_sessionpool import ExecutionResult, KernelDied
+
+    result = ExecutionResult("error", None, [], None, "a", "k-1", 0.1)
+    running = str(KernelDied("k-1", "a", result))
+    assert "while running code" in running and "raises SessionLost once" in running
+    assert "fresh kernel" not in running.split("SessionLost")[0], "the next call does not silently get a fresh kernel"
+    before = str(KernelDied("k-1", "a"))
+    assert "before this call could run code" in before and "while running" not in before
+    assert "next call gets a fresh kernel" in str(KernelDied("k-1", None)), "anonymous: nothing to lose"
