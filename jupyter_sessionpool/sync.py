@@ -54,7 +54,6 @@ class _LoopThread:
         self.closing = False  # shutdown has begun: new work is refused, bookkeeping calls still run
         self.stopped = False  # the loop has stopped for good
         self.closed: concurrent.futures.Future[None] | None = None  # the shutdown work, once begun
-        self.calls: set[concurrent.futures.Future[Any]] = set()
 
     def submit(self, coro: Coroutine[Any, Any, T], while_closing: bool = False) -> concurrent.futures.Future[T]:
         """Hand ``coro`` to the loop (starting it on first use) and return its Future."""
@@ -68,10 +67,7 @@ class _LoopThread:
                                    "(inside on_output or a subscriber); use the AsyncKernelPool there")
             if self.loop is None:
                 self._start()
-            fut = asyncio.run_coroutine_threadsafe(self._answer(coro), self.loop)
-            self.calls.add(fut)
-        fut.add_done_callback(self.calls.discard)
-        return fut
+            return asyncio.run_coroutine_threadsafe(self._answer(coro), self.loop)
 
     async def _answer(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
