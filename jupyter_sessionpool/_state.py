@@ -347,13 +347,11 @@ class Books:
     def _plan(self, fx: Effects) -> None:
         if not self.waiters and not self._retries and (self.min_idle == 0 or self._prewarm_suspended):
             return  # nobody waits and nothing is kept warm: checkout and check-in stay O(1)
-        starting = fresh = spent = live = stopping = 0
+        starting = fresh = live = stopping = 0
         for slot in self.slots.values():
             starting += slot.state is KernelState.STARTING
-            stopping += slot.state is KernelState.STOPPING
-            idle_free = slot.state is KernelState.IDLE and slot.session is None
-            fresh += idle_free and not slot.anonymous
-            spent += idle_free and slot.anonymous
+            stopping += slot.state is KernelState.STOPPING  # each frees a place soon: no eviction for it
+            fresh += slot.state is KernelState.IDLE and slot.session is None and not slot.anonymous
             live += slot.state is not KernelState.DEAD
         demand = len(self._demand(self.waiters))
         prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh)
