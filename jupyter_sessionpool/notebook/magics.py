@@ -399,13 +399,13 @@ class PoolMagics(Magics):
         try:
             result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
         except BaseException:
-            route.end()
+            route.end(drop=True)  # the pool's error (or the interrupt) is what this cell shows
             raise
         finally:
             unsubscribe()
             notice.close()
         self._note_numbers(args.session, result, count)
-        route.end(result.error if result.status == "error" else None)
+        route.end(drop=result.status == "error")
         if result.status == "error":
             raise self._remote_error(args.session, result)
 

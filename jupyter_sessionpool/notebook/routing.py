@@ -126,10 +126,11 @@ class _ToShell:
 class HoldingErrors:
     """Passes outputs on, holding back the latest ``error`` until another output follows it.
 
-    A failing cell's own error is its last output: :meth:`end` drops it when the cell
-    failed with it (the magic raises it as the local cell's error instead, so it shows
-    once) and passes it on otherwise (an error shown by a cell that went on, e.g. inside
-    an Output widget).
+    A failing cell's own error is its last output. The magic raises that error as the
+    local cell's own instead (so it shows once), and it raises ``ExecutionTimeout`` instead
+    of the remote ``KeyboardInterrupt`` the timeout caused: :meth:`end` drops the held
+    error then, and passes it on when the cell went on after showing it (e.g. an error
+    shown inside an Output widget).
     """
 
     def __init__(self, route: OutputCallback) -> None:
@@ -145,11 +146,11 @@ class HoldingErrors:
         if out["output_type"] != "error":
             self._route(out)
 
-    def end(self, error: dict[str, Any] | None = None) -> None:
-        """The cell ended (with ``error``, the reply's, if it failed): pass on what is held."""
+    def end(self, drop: bool) -> None:
+        """The cell ended: drop the held error (``drop``: it is shown another way) or pass it on."""
         with self._lock:
             held, self._held = self._held, None
-        if held is not None and not (error and (held["ename"], held["evalue"]) == (error["ename"], error["evalue"])):
+        if held is not None and not drop:
             self._route(held)
 
 
