@@ -162,7 +162,7 @@ def test_outputs_and_last_expression_reach_the_cell(ip):
 
 def test_remote_error_is_the_remote_exception_shown_once_and_fails_the_cell(ip):
     ip.run_cell("%%pool session=a\ndef inner():\n    raise KeyError('remote-key')", store_history=True)
-    defined_in = ip.execution_count  # IPython counts a stored cell before running it
+    defined_in = ip.execution_count - 1
     with capture_output() as captured:
         result = ip.run_cell("%%pool session=a\nx = 1\ninner()", store_history=True)
     error = result.error_in_exec
@@ -296,7 +296,7 @@ def test_wait_reraises_the_first_remote_error(ip):
     with capture_output():
         ip.run_cell("%%pool session=a --bg\nprint('ok')", store_history=True)
         ip.run_cell("%%pool session=b --bg\nraise ValueError('first')", store_history=True)
-        started = ip.execution_count
+        started = ip.execution_count - 1
         ip.run_cell("%%pool session=c --bg\nraise ValueError('second')", store_history=True)
         result = ip.run_cell("%pool wait")
     error = result.error_in_exec

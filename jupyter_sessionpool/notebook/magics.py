@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Int
 
-from .routing import BackgroundCell, HoldingErrors, Notice, current_parent, in_kernel, route_to_current_cell
+from .routing import BackgroundCell, HoldingErrors, Notice, cell_number, current_parent, in_kernel, route_to_current_cell
 from ..config import check_session, check_timeout
 from ..errors import ExecutionError, PoolError
 from ..results import ExecutionResult
@@ -393,7 +393,7 @@ class PoolMagics(Magics):
     def _run(self, args: CellArgs, cell: str) -> None:
         pool = self.pool
         route = HoldingErrors(route_to_current_cell(self.shell))
-        count = self.shell.execution_count
+        count = cell_number(self.shell)
         notice = Notice(self.shell)
         unsubscribe = pool.subscribe(lambda stats: notice.show(waiting_message(stats, args.session)))
         try:
@@ -411,10 +411,11 @@ class PoolMagics(Magics):
 
     def _start_background(self, args: CellArgs, cell: str) -> None:
         pool = self.pool
-        count = self.shell.execution_count
+        count = cell_number(self.shell)
         display = None
         if in_kernel(self.shell):
-            display = BackgroundCell(self.shell, "", lambda: self._latest_parent)
+            numbers = self._numbers.setdefault(args.session, {})
+            display = BackgroundCell(self.shell, "", lambda: self._latest_parent, lambda tb: relabel(tb, numbers))
         future = pool.submit(cell, args.session, args.timeout, display or route_to_current_cell(self.shell))
         job = _Background(count, args.session, future, display)
         self._background.append(job)

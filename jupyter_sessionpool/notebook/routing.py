@@ -52,6 +52,11 @@ def current_parent(shell: Any) -> dict[str, Any]:
     return shell.kernel.get_parent("shell")
 
 
+def cell_number(shell: Any) -> int:
+    """The ``n`` of ``In [n]`` of the cell running now (IPython counts a cell before running it)."""
+    return shell.displayhook.prompt_count
+
+
 def route_to_current_cell(shell: Any) -> OutputCallback:
     """An ``on_output`` callback that sends every output to the cell running now.
 
@@ -59,7 +64,7 @@ def route_to_current_cell(shell: Any) -> OutputCallback:
     then be called from any thread, for as long as the remote cell produces output.
     """
     if in_kernel(shell):
-        return _ToIOPub(shell, current_parent(shell), shell.execution_count)
+        return _ToIOPub(shell)
     return _ToShell(shell)
 
 
@@ -70,11 +75,11 @@ class _ToIOPub:
     pool's thread.
     """
 
-    def __init__(self, shell: Any, parent: dict[str, Any], execution_count: int) -> None:
+    def __init__(self, shell: Any) -> None:  # on the kernel's main thread, while the cell runs
         self._session = shell.kernel.session
         self._iopub = shell.kernel.iopub_socket
-        self._parent = parent
-        self._execution_count = execution_count
+        self._parent = current_parent(shell)
+        self._execution_count = cell_number(shell)
 
     def send(self, kind: str, content: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
         """Publish one IOPub message, by default as output of the cell this route belongs to."""
@@ -163,7 +168,7 @@ class Notice:
     """
 
     def __init__(self, shell: Any) -> None:
-        self._iopub = _ToIOPub(shell, current_parent(shell), shell.execution_count) if in_kernel(shell) else None
+        self._iopub = _ToIOPub(shell) if in_kernel(shell) else None
         self._display_id = uuid.uuid4().hex
         self._text: str | None = None  # what shows now
         self._made = False
@@ -204,11 +209,19 @@ class BackgroundCell:
     is updated at most every 0.2 s while output flows (the last output always reaches it).
     Updates are sent with the parent ``latest_parent()`` returns (the cell the kernel runs
     now), so that a headless client, which listens only to that cell, applies them too.
+    ``relabel`` rewrites a remote traceback's cell numbers as each update is rendered.
     """
 
-    def __init__(self, shell: Any, header: str, latest_parent: Callable[[], dict[str, Any]]) -> None:
-        self._iopub = _ToIOPub(shell, current_parent(shell), shell.execution_count)
+    def __init__(
+        self,
+        shell: Any,
+        header: str,
+        latest_parent: Callable[[], dict[str, Any]],
+        relabel: Callable[[list[str]], list[str]],
+    ) -> None:
+        self._iopub = _ToIOPub(shell)
         self._latest_parent = latest_parent
+        self._relabel = relabel
         self._display_id = uuid.uuid4().hex
         self._header = header
         self._outputs = _Outputs(None)
@@ -243,7 +256,10 @@ class BackgroundCell:
             self._timer = None
         self._sent = time.monotonic()
         content = {
-            "data": render(self._header, self._outputs.outputs),
+            "data": render(self._header, [
+                {**out, "traceback": self._relabel(out["traceback"])} if out["output_type"] == "error" else out
+                for out in self._outputs.outputs
+            ]),
             "metadata": {},
             "transient": {"display_id": self._display_id},
         }
