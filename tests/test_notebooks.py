@@ -157,6 +157,21 @@ def test_display_updates_across_cells_reach_api_callers():
     ]
 
 
+def test_output_captured_by_an_output_widget_belongs_to_the_widget():
+    """As in a front end (and nbclient): what `with out:` captures is not the cell's output."""
+    with KernelPool(max_kernels=1) as pool:
+        seen = []
+        result = pool.execute(
+            "import ipywidgets\nout = ipywidgets.Output()\n"
+            "with out:\n    print('inside')\n    raise ValueError('shown in the widget')\n"
+            "print('outside')",
+            session="a",
+            on_output=seen.append,
+        )
+    assert result.status == "ok" and result.outputs == [{"output_type": "stream", "name": "stdout", "text": "outside\n"}]
+    assert seen == result.outputs
+
+
 def test_non_string_mime_values_count_towards_max_output_size():
     with KernelPool(max_kernels=1, max_output_size=10_000) as pool:
         result = pool.execute(
@@ -175,7 +190,11 @@ def test_quickstart_runs_clean(tmp_path):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o["output_type"] == "error"]
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
-    for expected in ("alice 2", "bob 100", "2 background cell(s) finished", "285", "[49, 64, 81]", "['alice', 'bob']"):
+    expected_text = (
+        "alice 2", "bob 100", "alice slept 2 s", "bob slept 2 s",  # the --bg cells' output, kept in the saved notebook
+        "2 background cell(s) finished", "285", "[49, 64, 81]", "['alice', 'bob']",
+    )
+    for expected in expected_text:
         assert expected in text
     took = float(text.split("both cells took ")[1].split(" s")[0])
     assert took < 3.9  # the two 2 s cells overlapped (loose: the machine is shared)
