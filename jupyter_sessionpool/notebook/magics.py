@@ -200,6 +200,14 @@ def _seconds(text: str) -> float:
 # ---- background cells ------------------------------------------------------------------------
 
 
+def _label(count: int, session: str) -> str:
+    return f"In [{count}] (%%pool session={session} --bg)"
+
+
+def _running(count: int, session: str) -> str:
+    return f"{_label(count, session)}: running in the background; %pool wait collects it"
+
+
 @dataclass
 class _Background:
     """A ``%%pool --bg`` cell in flight, started by local cell ``In [count]``."""
@@ -211,12 +219,12 @@ class _Background:
 
     @property
     def label(self) -> str:
-        return f"In [{self.count}] (%%pool session={self.session} --bg)"
+        return _label(self.count, self.session)
 
     def state(self) -> str:
         """The display's first line: what the cell is doing or how it ended."""
         if not self.future.done():
-            return f"{self.label}: running in the background; %pool wait collects it"
+            return _running(self.count, self.session)
         if self.future.cancelled():
             return f"{self.label}: cancelled"
         exc = self.future.exception()
@@ -358,14 +366,19 @@ class PoolMagics(Magics):
         Session ``NAME`` always runs on the same kernel, with its variables, until it is
         released; different sessions run at the same time. Output appears here as it is
         produced: stdout, stderr, rich display data, the last expression's value, and
-        ``clear_output``. A remote exception shows the remote traceback and fails this
-        cell, so "Run all" stops here. Interrupting this cell interrupts the remote cell.
-        ``timeout`` interrupts the remote cell after SECONDS (default:
-        ``KernelPool.execution_timeout``).
+        ``clear_output``. A remote exception is this cell's error: the remote exception
+        itself (name, message, traceback, with local ``Cell In[n]`` numbers), and "Run all"
+        stops here. The pool's own errors show their message; ``%tb`` shows the full
+        traceback. Interrupting this cell interrupts the remote cell. ``timeout``
+        interrupts the remote cell after SECONDS (default: ``KernelPool.execution_timeout``).
+        If every kernel is held by other sessions, the cell says so at once, and how to
+        free one, until it gets a kernel.
 
         ``--bg`` runs it in the background: the cell returns at once, and the output keeps
-        arriving in this cell (never in a later one) while other cells run. ``%pool wait``
-        collects background cells and fails if one of them failed.
+        arriving in this cell (never in a later one) while other cells run, as one display
+        headed by this cell's number. ``%pool wait`` collects background cells, and fails
+        with the first remote error; it also makes headless runs (nbconvert, papermill)
+        save every background cell's output, so end such notebooks with it.
 
         In [1]: %%pool session=a
            ...: x = 41
@@ -415,12 +428,12 @@ class PoolMagics(Magics):
         display = None
         if in_kernel(self.shell):
             numbers = self._numbers.setdefault(args.session, {})
-            display = BackgroundCell(self.shell, "", lambda: self._latest_parent, lambda tb: relabel(tb, numbers))
+            display = BackgroundCell(
+                self.shell, _running(count, args.session), lambda: self._latest_parent, lambda tb: relabel(tb, numbers)
+            )
         future = pool.submit(cell, args.session, args.timeout, display or route_to_current_cell(self.shell))
         job = _Background(count, args.session, future, display)
         self._background.append(job)
-        if display is not None:
-            display.update(job.state())
         future.add_done_callback(lambda _f: self._finished(job))
 
     def _finished(self, job: _Background, parent: dict[str, Any] | None = None) -> None:
