@@ -224,6 +224,17 @@ def test_a_full_pool_says_who_holds_the_kernels_while_the_cell_waits(ip):
     assert "%pool release a" in captured.stderr and "KernelPool.max_kernels = 2" in captured.stderr
 
 
+def test_a_checkout_timeout_is_brief_and_follows_the_wait_message(ip):
+    ip.run_line_magic("config", "KernelPool.max_kernels = 1")
+    assert run(ip, "%%pool session=a\npass")[0].success
+    ip.run_line_magic("config", "KernelPool.checkout_timeout = 1.0")  # once a holds the kernel (starts are slow under load)
+    result, captured = run(ip, "%%pool session=b\npass")
+    assert type(result.error_in_exec).__name__ == "CheckoutTimeout"
+    assert "session 'b' is waiting for a kernel" in captured.stderr
+    shown = captured.stdout.strip().splitlines()
+    assert shown[0].startswith("CheckoutTimeout: no kernel free for session 'b' within 1 s") and len(shown) <= 3
+
+
 def test_no_wait_message_when_a_kernel_is_only_starting(ip):
     result, captured = run(ip, "%%pool session=a\nprint('first')")
     assert result.success and captured.stderr == ""
