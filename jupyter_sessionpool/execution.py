@@ -96,6 +96,7 @@ class Execution:
             kernel_id=self.kernel.kernel_id,
             duration=time.monotonic() - self.started,
             truncated=self.outputs.truncated,
+            displays=self.outputs.displays,
         )
 
 

@@ -2,10 +2,42 @@
 
 Imports nothing of zmq or of any worker, so the faces (magics, batch runs) and the workers
 share it without pulling in each other.
+
+The output form, for ``on_output`` and :class:`ExecutionResult` alike
+---------------------------------------------------------------------
+
+``on_output`` is called with one dict per iopub output message, in order:
+
+- an nbformat v4 output (``stream``, ``display_data``, ``execute_result``, ``error``);
+  a ``display_data`` or ``execute_result`` made with a display id also carries
+  ``transient: {"display_id": ID}``, as in the message (drop it before writing a notebook);
+- ``{"output_type": "update_display_data", "data", "metadata", "transient": {"display_id": ID}}``
+  for ``handle.update(...)`` / ``update_display(...)``;
+- ``{"output_type": "clear_output", "wait": bool}``.
+
+A front end (JupyterLab, nbclient) lets any message with a display id set what *every*
+output with that id shows, in this cell and in earlier ones; ``clear_output`` clears only
+the cell it comes from (with ``wait``, just before that cell's next output).
+
+:class:`ExecutionResult` holds the same thing applied: ``outputs`` is what the cell's
+output area ends up showing (pure nbformat, no ``transient``), and ``displays`` says what
+the cell did to displays, so that a caller can reproduce across cells exactly what a
+notebook run shows. After each result, apply its displays to the earlier results::
+
+    for display_id, shown in result.displays.items():
+        for earlier in earlier_results:
+            for i in earlier.displays.get(display_id, {}).get("outputs", []):
+                earlier.outputs[i].update(data=shown["data"], metadata=shown["metadata"])
+
+(this result's own outputs are already up to date).
+
+Output that an ipywidgets ``Output`` widget captures (``with out:``, ``interact``) belongs
+to the widget, as in a front end: it is neither in ``outputs`` nor passed to ``on_output``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -19,9 +51,13 @@ class ExecutionResult:
     """What one cell produced. A Python exception in user code is ``status="error"`` here.
 
     ``outputs`` are nbformat v4 output dicts, consecutive stream outputs of the same name
-    merged, ``clear_output`` and ``update_display_data`` already applied. ``truncated``
-    is True when the cell's output passed ``max_output_size`` characters: the rest was
-    dropped (and not streamed to ``on_output`` either), and a marker says so.
+    merged, ``clear_output`` and display updates already applied. ``displays`` maps each
+    display id that a message of this cell carried (a display made with ``display_id``, or
+    an update of one, maybe made by an earlier cell) to ``{"data", "metadata", "outputs"}``:
+    the latest content the cell gave it and the indices of this cell's ``outputs`` showing
+    it; the module docstring says how to apply it to earlier cells. ``truncated`` is True
+    when the cell's output passed ``max_output_size`` characters: the rest was dropped (and
+    not streamed to ``on_output`` either), and a marker says so.
     """
 
     status: str
@@ -32,6 +68,7 @@ class ExecutionResult:
     kernel_id: str
     duration: float
     truncated: bool = False
+    displays: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def stdout(self) -> str:
@@ -67,7 +104,12 @@ class ExecutionResult:
 
 @dataclass
 class _Outputs:
-    """Turns iopub messages into nbformat outputs the way a notebook front end would."""
+    """Turns iopub messages into nbformat outputs the way a notebook front end would.
+
+    :meth:`handle` takes an iopub message; :meth:`apply` takes one output in the
+    ``on_output`` form (see the module docstring), so a copy of a cell's outputs can be
+    rebuilt from what ``on_output`` reported.
+    """
 
     on_output: OutputCallback | None
     max_bytes: int = 0
@@ -76,7 +118,9 @@ class _Outputs:
     truncated: bool = False
     _size: int = 0
     _clear_on_next: bool = False
-    _display_ids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _display_ids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # this cell's outputs per id
+    _latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # each id's latest data and metadata
+    _widgets: set[str] = field(default_factory=set)  # comm ids of Output widgets capturing this cell's output
 
     def handle(self, msg: dict[str, Any]) -> bool:
         """Take one iopub message for this cell; True when it is the final ``idle``."""
@@ -84,31 +128,77 @@ class _Outputs:
         content = msg["content"]
         if kind == "status":
             return content.get("execution_state") == "idle"
-        if kind == "execute_input":
+        if kind == "comm_msg":
+            self._note_capture(content, msg.get("parent_header", {}).get("msg_id"))
+        elif self._widgets and kind in _CAPTURED:
+            pass  # an Output widget shows it, not the cell (as in a front end)
+        elif kind == "execute_input":
             self.execution_count = content.get("execution_count")
         elif kind == "stream":
-            self._add({"output_type": "stream", "name": content["name"], "text": content["text"]})
-        elif kind in ("display_data", "execute_result"):
+            self.apply({"output_type": "stream", "name": content["name"], "text": content["text"]})
+        elif kind in ("display_data", "execute_result", "update_display_data"):
             out = {"output_type": kind, "data": content["data"], "metadata": content.get("metadata", {})}
             if kind == "execute_result":
                 out["execution_count"] = content.get("execution_count")
-            self._add(out, content.get("transient"))
-        elif kind == "update_display_data":
-            self._update(content)
+            if content.get("transient"):
+                out["transient"] = content["transient"]
+            self.apply(out)
         elif kind == "error":
-            self._add({
+            self.apply({
                 "output_type": "error",
                 "ename": content.get("ename", ""),
                 "evalue": content.get("evalue", ""),
                 "traceback": content.get("traceback", []),
             })
         elif kind == "clear_output":
-            if content.get("wait"):
+            self.apply({"output_type": "clear_output", "wait": bool(content.get("wait"))})
+        return False
+
+    def _note_capture(self, content: dict[str, Any], msg_id: str | None) -> None:
+        """An ipywidgets Output widget starts (``with out:`` sets its ``msg_id`` to this
+        request's) or stops capturing this cell's output, as a front end would see it."""
+        state = (content.get("data") or {}).get("state") or {}
+        if "msg_id" in state:
+            if msg_id and state["msg_id"] == msg_id:
+                self._widgets.add(content.get("comm_id", ""))
+            else:
+                self._widgets.discard(content.get("comm_id", ""))
+
+    def apply(self, out: dict[str, Any]) -> None:
+        """Take one output in the ``on_output`` form: store it, apply it, pass it on."""
+        kind = out["output_type"]
+        if kind == "clear_output":
+            if out["wait"]:
                 self._clear_on_next = True
             else:
                 self._clear()
-            self._emit({"output_type": "clear_output", "wait": bool(content.get("wait"))})
-        return False
+            self._emit(out)
+            return
+        transient = out.get("transient") or None
+        out = {k: v for k, v in out.items() if k != "transient"}
+        display_id = (transient or {}).get("display_id")
+        if display_id and kind in ("display_data", "execute_result", "update_display_data"):
+            # like a front end: any message with a display id sets what every output with that id shows
+            self._latest[display_id] = {"data": out["data"], "metadata": out.get("metadata", {})}
+            for shown in self._display_ids.get(display_id, []):
+                shown["data"], shown["metadata"] = out["data"], out.get("metadata", {})
+        if kind == "update_display_data":
+            self._emit({**out, "transient": transient or {}})
+        else:
+            self._add(out, transient)
+
+    @property
+    def displays(self) -> dict[str, dict[str, Any]]:
+        """``ExecutionResult.displays``: each display id this cell touched, its content and outputs."""
+        return {
+            display_id: {
+                **content,
+                "outputs": [
+                    i for i, out in enumerate(self.outputs) if any(out is s for s in self._display_ids.get(display_id, ()))
+                ],
+            }
+            for display_id, content in self._latest.items()
+        }
 
     def _add(self, out: dict[str, Any], transient: dict[str, Any] | None = None) -> None:
         if self._clear_on_next:
@@ -138,18 +228,6 @@ class _Outputs:
                 self._display_ids.setdefault(display_id, []).append(stored)
         self._emit({**out, "transient": transient} if transient else out)
 
-    def _update(self, content: dict[str, Any]) -> None:
-        display_id = content.get("transient", {}).get("display_id")
-        for out in self._display_ids.get(display_id, []):
-            out["data"] = content["data"]
-            out["metadata"] = content.get("metadata", {})
-        self._emit({
-            "output_type": "update_display_data",
-            "data": content["data"],
-            "metadata": content.get("metadata", {}),
-            "transient": content.get("transient", {}),
-        })
-
     def note_lost_idle(self) -> None:
         """The reply came but the final ``idle`` never did: say that output may be missing."""
         self._store({"output_type": "stream", "name": "stderr", "text": _LOST_IDLE}, None)
@@ -165,11 +243,14 @@ class _Outputs:
             self.on_output(out)
 
 
+_CAPTURED = frozenset({"stream", "display_data", "execute_result", "error", "clear_output"})
+
+
 def _size_of(out: dict[str, Any]) -> int:
     if "text" in out:
         return len(out["text"])
     if "data" in out:
-        return sum(len(v) if isinstance(v, str) else 64 for v in out["data"].values())
+        return sum(len(v) if isinstance(v, str) else len(json.dumps(v, default=str)) for v in out["data"].values())
     return sum(len(line) for line in out.get("traceback", ()))
 
 

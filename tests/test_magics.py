@@ -6,8 +6,13 @@ publisher; routing into notebook cells is tested through real kernels in test_no
 
 from __future__ import annotations
 
+import pickle
+import re
+import threading
+
 import psutil
 import pytest
+from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -155,15 +160,21 @@ def test_outputs_and_last_expression_reach_the_cell(ip):
     assert data[1]["text/plain"] == "42"
 
 
-def test_remote_error_shows_remote_traceback_once_and_fails_the_cell(ip):
-    result, captured = run(ip, "%%pool session=a\ndef inner():\n    raise KeyError('remote-key')\ninner()")
+def test_remote_error_is_the_remote_exception_shown_once_and_fails_the_cell(ip):
+    ip.run_cell("%%pool session=a\ndef inner():\n    raise KeyError('remote-key')", store_history=True)
+    defined_in = ip.execution_count - 1
+    with capture_output() as captured:
+        result = ip.run_cell("%%pool session=a\nx = 1\ninner()", store_history=True)
     error = result.error_in_exec
-    assert isinstance(error, RemoteCellError)
-    assert (error.ename, error.evalue) == ("KeyError", "'remote-key'")
+    assert isinstance(error, RemoteCellError) and type(error).__name__ == "KeyError"  # named like the remote one
+    assert (error.ename, str(error)) == ("KeyError", "'remote-key'")
     assert error.result.session == "a"
-    assert "inner()" in captured.stderr  # the remote traceback, with the remote frame
-    rendered = error._render_traceback_()
-    assert len(rendered) == 1 and "remote traceback is shown above" in rendered[0]
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", captured.stdout + captured.stderr)
+    assert shown.count("Traceback") == 1 and shown.count("KeyError: 'remote-key'") == 1  # once
+    assert "inner()" in shown  # the remote frames
+    # Cell In[k] names the local cells (the remote kernel counted 1 and 2)
+    assert re.findall(r"Cell In\[(\d+)\]", shown) == [str(defined_in + 1), str(defined_in)]
+    assert pickle.loads(pickle.dumps(error)).evalue == "'remote-key'"
     assert run(ip, "%%pool session=a\nprint('still here')")[1].stdout == "still here\n"
 
 
@@ -171,6 +182,95 @@ def test_timeout_interrupts_the_remote_cell(ip):
     result, _ = run(ip, "%%pool session=a timeout=1\nimport time; time.sleep(30)")
     assert type(result.error_in_exec).__name__ == "ExecutionTimeout"
     assert run(ip, "%%pool session=a\nprint('free again')")[1].stdout == "free again\n"
+
+
+def test_pool_errors_show_their_message_and_the_full_traceback_is_one_tb_away(ip):
+    result, captured = run(ip, "%%pool session=a timeout=1\nimport time; time.sleep(30)")
+    shown = (captured.stdout + captured.stderr).strip().splitlines()
+    assert shown[0].startswith("ExecutionTimeout: cell exceeded its timeout of 1 s")
+    assert len(shown) <= 3 and "%tb" in shown[-1]
+    with capture_output() as full:
+        ip.run_line_magic("tb", "")
+    assert "Traceback" in full.stdout and "magics.py" in full.stdout and "ExecutionTimeout" in full.stdout
+
+
+def test_a_bad_kernelspec_is_a_short_error(ip):
+    ip.run_line_magic("config", "KernelPool.kernel_name = 'no-such-kernel'")
+    result, captured = run(ip, "%%pool session=a\n1")
+    assert isinstance(result.error_in_exec, ValueError)
+    shown = (captured.stdout + captured.stderr).strip().splitlines()
+    assert shown[0].startswith("ValueError: no kernelspec named 'no-such-kernel'; installed:") and len(shown) <= 3
+    assert magics_of(ip)._pool is None
+
+
+def test_a_full_pool_says_who_holds_the_kernels_while_the_cell_waits(ip):
+    ip.run_line_magic("config", "KernelPool.max_kernels = 1")
+    run(ip, "%%pool session=a\npass")
+    pool = magics_of(ip).pool
+    # the user's way out, done by a helper the moment session b waits: release a
+    freeing = []
+
+    def release_a_once_b_waits(stats):
+        if not freeing and any(w.session == "b" for w in stats.waiting):
+            freeing.append(threading.Thread(target=pool.release, args=("a",)))
+            freeing[0].start()
+
+    unsubscribe = pool.subscribe(release_a_once_b_waits)
+    result, captured = run(ip, "%%pool session=b\nprint('b ran')")
+    unsubscribe()
+    freeing[0].join()
+    assert result.success and captured.stdout == "b ran\n"
+    assert "session 'b' is waiting for a kernel: all 1 are held, by a (idle)" in captured.stderr
+    assert "%pool release a" in captured.stderr and "KernelPool.max_kernels = 2" in captured.stderr
+
+
+def test_a_checkout_timeout_is_brief_and_follows_the_wait_message(ip):
+    ip.run_line_magic("config", "KernelPool.max_kernels = 1")
+    assert run(ip, "%%pool session=a\npass")[0].success
+    ip.run_line_magic("config", "KernelPool.checkout_timeout = 1.0")  # once a holds the kernel (starts are slow under load)
+    result, captured = run(ip, "%%pool session=b\npass")
+    assert type(result.error_in_exec).__name__ == "CheckoutTimeout"
+    assert "session 'b' is waiting for a kernel" in captured.stderr
+    shown = captured.stdout.strip().splitlines()
+    assert shown[0].startswith("CheckoutTimeout: no kernel free for session 'b' within 1 s") and len(shown) <= 3
+
+
+def test_no_wait_message_when_a_kernel_is_only_starting(ip):
+    result, captured = run(ip, "%%pool session=a\nprint('first')")
+    assert result.success and captured.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("%pool re", ["release", "restart"]),
+        ("%pool ", ["status", "sessions", "wait", "release", "interrupt", "restart", "push", "pull", "shutdown"]),
+        ("%pool release al", ["alpha"]),
+        ("%pool pull ", ["alpha", "beta"]),
+        ("%%pool ses", ["session="]),
+        ("%%pool session=", ["session=alpha", "session=beta"]),
+        ("%%pool session=b", ["session=beta"]),
+        ("%%pool session=alpha --", ["--bg"]),
+        ("%%pool session=alpha t", ["timeout="]),
+    ],
+)
+def test_tab_completion(ip, line, expected):
+    run(ip, "%%pool session=alpha\npass")
+    run(ip, "%%pool session=beta\npass")
+    with provisionalcompleter():
+        completions = list(ip.Completer.completions(line, len(line)))
+    assert sorted(line[: c.start] + c.text for c in completions) == sorted(line[: len(line) - len(line.split(" ")[-1])] + e for e in expected)
+
+
+def test_completion_and_cell_hook_are_removed_on_unload(ip):
+    magics = magics_of(ip)
+    assert magics.complete in ip.Completer.custom_matchers and magics.note_cell in ip.events.callbacks["pre_run_cell"]
+    ip.run_line_magic("unload_ext", "jupyter_sessionpool")
+    assert magics.complete not in ip.Completer.custom_matchers
+    assert magics.note_cell not in ip.events.callbacks["pre_run_cell"]
+    with provisionalcompleter():
+        assert "release" not in [c.text for c in ip.Completer.completions("%pool re", 8)]
+    ip.run_line_magic("load_ext", "jupyter_sessionpool")  # the fixture unloads it again
 
 
 def test_config_before_first_use_and_after_reaches_the_pool(ip):
@@ -205,13 +305,16 @@ def test_background_cells_on_one_session_run_in_order(ip):
 
 def test_wait_reraises_the_first_remote_error(ip):
     with capture_output():
-        ip.run_cell("%%pool session=a --bg\nprint('ok')")
-        ip.run_cell("%%pool session=b --bg\nraise ValueError('first')")
-        ip.run_cell("%%pool session=c --bg\nraise ValueError('second')")
+        ip.run_cell("%%pool session=a --bg\nprint('ok')", store_history=True)
+        ip.run_cell("%%pool session=b --bg\nraise ValueError('first')", store_history=True)
+        started = ip.execution_count - 1
+        ip.run_cell("%%pool session=c --bg\nraise ValueError('second')", store_history=True)
         result = ip.run_cell("%pool wait")
     error = result.error_in_exec
-    assert isinstance(error, RemoteCellError) and error.evalue == "first"
-    assert "shown in In [" in error._render_traceback_()[0]
+    assert isinstance(error, RemoteCellError) and type(error).__name__ == "ValueError" and str(error) == "first"
+    rendered = error._render_traceback_()
+    assert rendered[0] == f"In [{started}] (%%pool session=b --bg) raised:"
+    assert any(f"In[{started}]" in line for line in rendered)  # the remote cell number, relabelled
     assert ip.run_line_magic("pool", "wait") is None  # collected: nothing left to wait for
 
 

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import re
 import shlex
 from dataclasses import dataclass
 from keyword import iskeyword
 from typing import Any, Callable
 
+from IPython.core.completer import CompletionContext, SimpleCompletion, context_matcher
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Int
 
-from .routing import in_kernel, route_to_current_cell
+from .routing import BackgroundCell, HoldingErrors, Notice, cell_number, current_parent, in_kernel, route_to_current_cell
 from ..config import check_session, check_timeout
 from ..errors import ExecutionError, PoolError
 from ..results import ExecutionResult
+from ..stats import PoolStats
 from ..sync import KernelPool
 
 CELL_USAGE = "usage: %%pool session=NAME [timeout=SECONDS] [--bg]"
@@ -34,25 +37,78 @@ LINE_USAGE = (
     "usage: %pool status | sessions | wait | shutdown | release NAME | interrupt NAME | restart NAME"
     " | push NAME VAR [VAR ...] | pull NAME VAR [VAR ...]"
 )
+_COMMANDS = ("status", "sessions", "wait", "release", "interrupt", "restart", "push", "pull", "shutdown")
+_SESSION_COMMANDS = ("release", "interrupt", "restart", "push", "pull")
 _MIME = "application/x.jupyter-sessionpool.pickle+base64"  # carries pulled values back
 
 
 class RemoteCellError(ExecutionError):
-    """A ``%%pool`` cell raised on its kernel; the remote traceback is already in the cell.
+    """A ``%%pool`` cell raised on its kernel: the remote exception, shown as this cell's error.
 
-    It fails the local cell (so "Run all" stops) with one short line instead of printing
-    the traceback a second time.
+    What is raised is a subclass named like the remote exception (``ZeroDivisionError``),
+    so the error the cell shows, and that nbclient and papermill report, has the remote
+    name, message (``str()`` is the remote ``evalue``) and traceback, once. ``Cell In[n]``
+    in the traceback names the local cell that ran the remote one. It fails the local cell,
+    so "Run all" stops there. ``except RemoteCellError`` catches every one of them.
     """
 
-    def __init__(self, result: ExecutionResult, shown_in: str = "above") -> None:
+    def __init__(self, result: ExecutionResult, traceback: list[str] | None = None) -> None:
         super().__init__(result)
-        self.shown_in = shown_in
+        if traceback is not None:
+            self.traceback = traceback
 
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}; the remote traceback is shown {self.shown_in}"]
+    def __str__(self) -> str:
+        return self.evalue
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.result, self.shown_in))
+        return (remote_error, (self.result, self.traceback))
+
+
+_REMOTE_CLASSES: dict[str, type[RemoteCellError]] = {}
+
+
+def remote_error(result: ExecutionResult, traceback: list[str] | None = None) -> RemoteCellError:
+    """The RemoteCellError for a failed ``result``, of a subclass named like the remote exception."""
+    ename = (result.error or {}).get("ename") or ""
+    name = ename if ename.isidentifier() else RemoteCellError.__name__
+    cls = _REMOTE_CLASSES.get(name)
+    if cls is None:
+        cls = _REMOTE_CLASSES[name] = type(name, (RemoteCellError,), {"__module__": __name__, "__doc__": RemoteCellError.__doc__})
+    return cls(result, traceback)
+
+
+_CELL_IN = re.compile(r"(Cell(?:\x1b\[[0-9;]*m)*\s(?:\x1b\[[0-9;]*m)*In\[)(\d+)(\])")
+
+
+def relabel(traceback: list[str], numbers: dict[int, int]) -> list[str]:
+    """``traceback`` with each ``Cell In[k]`` (a remote cell number) replaced by ``numbers[k]``."""
+
+    def local(match: re.Match[str]) -> str:
+        number = numbers.get(int(match.group(2)))
+        return match.group(0) if number is None else f"{match.group(1)}{number}{match.group(3)}"
+
+    return [_CELL_IN.sub(local, line) for line in traceback]
+
+
+class _Brief:
+    """A pool error's rendering in a notebook: its type and message, like a UsageError.
+
+    Set on the exception instance, it renders once, short; then it removes itself, so
+    ``%tb`` (which renders the same exception again) shows the full traceback.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self._exc = exc
+
+    def __call__(self) -> list[str]:
+        del self._exc._render_traceback_
+        return [f"{type(self._exc).__name__}: {self._exc}", "(the full traceback: %tb)"]
+
+
+def _briefly(exc: BaseException) -> None:
+    """Make ``exc`` show as its message only, unless its type renders itself already."""
+    if not hasattr(exc, "_render_traceback_"):
+        exc._render_traceback_ = _Brief(exc)  # type: ignore[attr-defined]
 
 
 class TransferError(PoolError, ValueError):
@@ -144,12 +200,40 @@ def _seconds(text: str) -> float:
 # ---- background cells ------------------------------------------------------------------------
 
 
+def _label(count: int, session: str) -> str:
+    return f"In [{count}] (%%pool session={session} --bg)"
+
+
+def _running(count: int, session: str) -> str:
+    return f"{_label(count, session)}: running in the background; %pool wait collects it"
+
+
 @dataclass
 class _Background:
-    """A ``%%pool --bg`` cell in flight; ``label`` names the local cell that started it."""
+    """A ``%%pool --bg`` cell in flight, started by local cell ``In [count]``."""
 
-    label: str
+    count: int
+    session: str
     future: concurrent.futures.Future[ExecutionResult]
+    display: BackgroundCell | None  # None outside a kernel: the output is printed as it comes
+
+    @property
+    def label(self) -> str:
+        return _label(self.count, self.session)
+
+    def state(self) -> str:
+        """The display's first line: what the cell is doing or how it ended."""
+        if not self.future.done():
+            return _running(self.count, self.session)
+        if self.future.cancelled():
+            return f"{self.label}: cancelled"
+        exc = self.future.exception()
+        if exc is not None:
+            return f"{self.label}: failed: {type(exc).__name__}: {exc}"
+        result = self.future.result()
+        if result.status == "error":
+            return f"{self.label}: raised {result.error['ename']} after {result.duration:.1f} s"
+        return f"{self.label}: finished in {result.duration:.1f} s"
 
 
 # ---- push / pull ---------------------------------------------------------------------------
@@ -200,6 +284,29 @@ def _remote(helper: Callable[..., Any], call: str) -> str:
     return f"{inspect.getsource(helper)}try:\n    {call}\nfinally:\n    del {helper.__name__}\n"
 
 
+# ---- a full pool ----------------------------------------------------------------------------
+
+
+def waiting_message(stats: PoolStats, session: str) -> str | None:
+    """What to tell a user whose ``session`` waits for a kernel because sessions hold them all; else None."""
+    live = [k for k in stats.kernels if k.state in ("starting", "idle", "busy")]
+    if (
+        not any(w.session == session for w in stats.waiting)
+        or len(live) < stats.max_kernels
+        or any(k.session in (None, session) for k in live)  # a free or own kernel: this is no full-pool wait
+    ):
+        return None
+    held = ", ".join(f"{k.session} ({k.state})" for k in live)
+    idle = [k.session for k in live if k.state == "idle"]
+    return (
+        f"session {session!r} is waiting for a kernel: all {stats.max_kernels} are held, by {held}.\n"
+        f"Free one with %pool release {(idle or [k.session for k in live])[0]} (that session's variables are gone) "
+        f"or from the pool panel (%pool status); allow more with %config KernelPool.max_kernels = {stats.max_kernels + 1}; "
+        "or let the pool release the least recently used idle session itself: "
+        "%config KernelPool.evict_idle_sessions = True"
+    )
+
+
 # ---- the magics --------------------------------------------------------------------------------
 
 
@@ -216,12 +323,23 @@ class PoolMagics(Magics):
         super().__init__(shell=shell)
         self._pool: KernelPool | None = None
         self._background: list[_Background] = []
+        self._numbers: dict[str, dict[int, int]] = {}  # session -> remote execution count -> local cell number
+        self._latest_parent: dict[str, Any] = {}  # the parent header of the cell the kernel runs now
+
+    def note_cell(self, info: Any = None) -> None:
+        """``pre_run_cell`` hook: remember which request the kernel runs now (background updates go to it)."""
+        if in_kernel(self.shell):
+            self._latest_parent = current_parent(self.shell)
 
     @property
     def pool(self) -> KernelPool:
         """The shell's pool, made on first use from the shell's config."""
         if self._pool is None:
-            self._pool = KernelPool(parent=self.shell)
+            try:
+                self._pool = KernelPool(parent=self.shell)
+            except ValueError as exc:  # a kernel_name that names no usable kernelspec
+                _briefly(exc)
+                raise
             self.shell.configurables.append(self._pool)
         return self._pool
 
@@ -248,14 +366,19 @@ class PoolMagics(Magics):
         Session ``NAME`` always runs on the same kernel, with its variables, until it is
         released; different sessions run at the same time. Output appears here as it is
         produced: stdout, stderr, rich display data, the last expression's value, and
-        ``clear_output``. A remote exception shows the remote traceback and fails this
-        cell, so "Run all" stops here. Interrupting this cell interrupts the remote cell.
-        ``timeout`` interrupts the remote cell after SECONDS (default:
-        ``KernelPool.execution_timeout``).
+        ``clear_output``. A remote exception is this cell's error: the remote exception
+        itself (name, message, traceback, with local ``Cell In[n]`` numbers), and "Run all"
+        stops here. The pool's own errors show their message; ``%tb`` shows the full
+        traceback. Interrupting this cell interrupts the remote cell. ``timeout``
+        interrupts the remote cell after SECONDS (default: ``KernelPool.execution_timeout``).
+        If every kernel is held by other sessions, the cell says so at once, and how to
+        free one, until it gets a kernel.
 
         ``--bg`` runs it in the background: the cell returns at once, and the output keeps
-        arriving in this cell (never in a later one) while other cells run. ``%pool wait``
-        collects background cells and fails if one of them failed.
+        arriving in this cell (never in a later one) while other cells run, as one display
+        headed by this cell's number. ``%pool wait`` collects background cells, and fails
+        with the first remote error; it also makes headless runs (nbconvert, papermill)
+        save every background cell's output, so end such notebooks with it.
 
         In [1]: %%pool session=a
            ...: x = 41
@@ -271,15 +394,62 @@ class PoolMagics(Magics):
         ``KernelPool`` settings); see ``%pool?`` for the line commands.
         """
         args = parse_cell_args(line)
+        try:
+            if args.background:
+                self._start_background(args, cell)
+            else:
+                self._run(args, cell)
+        except PoolError as exc:
+            _briefly(exc)
+            raise
+
+    def _run(self, args: CellArgs, cell: str) -> None:
         pool = self.pool
-        route = route_to_current_cell(self.shell)
-        if args.background:
-            future = pool.submit(cell, args.session, args.timeout, route)
-            self._background.append(_Background(f"In [{self.shell.displayhook.prompt_count}]", future))
-            return
-        result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
+        route = HoldingErrors(route_to_current_cell(self.shell))
+        count = cell_number(self.shell)
+        notice = Notice(self.shell)
+        unsubscribe = pool.subscribe(lambda stats: notice.show(waiting_message(stats, args.session)))
+        try:
+            result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
+        except BaseException:
+            route.end(drop=True)  # the pool's error (or the interrupt) is what this cell shows
+            raise
+        finally:
+            unsubscribe()
+            notice.close()
+        self._note_numbers(args.session, result, count)
+        route.end(drop=result.status == "error")
         if result.status == "error":
-            raise RemoteCellError(result)
+            raise self._remote_error(args.session, result)
+
+    def _start_background(self, args: CellArgs, cell: str) -> None:
+        pool = self.pool
+        count = cell_number(self.shell)
+        display = None
+        if in_kernel(self.shell):
+            numbers = self._numbers.setdefault(args.session, {})
+            display = BackgroundCell(
+                self.shell, _running(count, args.session), lambda: self._latest_parent, lambda tb: relabel(tb, numbers)
+            )
+        future = pool.submit(cell, args.session, args.timeout, display or route_to_current_cell(self.shell))
+        job = _Background(count, args.session, future, display)
+        self._background.append(job)
+        future.add_done_callback(lambda _f: self._finished(job))
+
+    def _finished(self, job: _Background, parent: dict[str, Any] | None = None) -> None:
+        """A background cell ended: note its cell number and show how it ended (any thread; idempotent)."""
+        if not job.future.cancelled() and job.future.exception() is None:
+            self._note_numbers(job.session, job.future.result(), job.count)
+        if job.display is not None:
+            job.display.update(job.state(), parent)
+
+    def _note_numbers(self, session: str, result: ExecutionResult, count: int) -> None:
+        if result.execution_count is not None:
+            self._numbers.setdefault(session, {})[result.execution_count] = count
+
+    def _remote_error(self, session: str, result: ExecutionResult, heading: str | None = None) -> RemoteCellError:
+        traceback = relabel((result.error or {}).get("traceback") or [], self._numbers.get(session, {}))
+        return remote_error(result, [heading, *traceback] if heading else traceback)
 
     @line_magic("pool")
     def pool_line(self, line: str) -> list[str] | None:
@@ -315,6 +485,13 @@ class PoolMagics(Magics):
         See ``%%pool?`` for running cells.
         """
         command, args = parse_line_args(line)
+        try:
+            return self._line_command(command, args)
+        except PoolError as exc:
+            _briefly(exc)
+            raise
+
+    def _line_command(self, command: str, args: list[str]) -> list[str] | None:
         if command == "status":
             self._status()
         elif command == "sessions":
@@ -330,6 +507,30 @@ class PoolMagics(Magics):
         else:
             self._session_command(command, args[0])
         return None
+
+    @context_matcher()
+    def complete(self, context: CompletionContext) -> dict[str, Any]:
+        """Tab completion on a ``%pool`` / ``%%pool`` line: commands, options, session names.
+
+        An IPython completion matcher: on those lines its completions are the only ones.
+        """
+        before = context.text_until_cursor.lstrip()
+        words = before.split()
+        typing = "" if not words or before[-1].isspace() else words.pop()
+        sessions = self._pool.sessions() if self._pool else []
+        if words[:1] == ["%%pool"] and context.cursor_line == 0:
+            if typing.startswith("session="):
+                options = [f"session={name}" for name in sessions]
+            else:
+                options = ["session=", "timeout=", "--bg"]
+        elif words == ["%pool"]:
+            options = list(_COMMANDS)
+        elif len(words) == 2 and words[:1] == ["%pool"] and words[1] in _SESSION_COMMANDS:
+            options = sessions
+        else:
+            return {"completions": []}
+        matches = [SimpleCompletion(text) for text in options if text.startswith(typing)]
+        return {"completions": matches, "matched_fragment": typing, "suppress": bool(matches)}
 
     # ---- the line commands ---------------------------------------------------------------
 
@@ -363,10 +564,13 @@ class PoolMagics(Magics):
             for job in jobs:
                 job.future.cancel()  # cancelling the pool's task interrupts the remote cell
             raise
+        parent = current_parent(self.shell) if in_kernel(self.shell) else None
+        for job in jobs:  # sent while this cell runs, so a headless run records every display
+            self._finished(job, parent)
         for job in jobs:
             result = job.future.result()  # a pool failure (timeout, dead kernel) is raised here
             if result.status == "error":
-                raise RemoteCellError(result, shown_in=f"in {job.label}")
+                raise self._remote_error(job.session, result, f"{job.label} raised:")
         print(f"{len(jobs)} background cell(s) finished")
 
     def _push(self, session: str, names: list[str]) -> None:
@@ -397,10 +601,12 @@ class PoolMagics(Magics):
 
 
 def load(shell: Any) -> PoolMagics:
-    """Register the magics on ``shell``; the pool itself starts on first use."""
+    """Register the magics, their tab completion and cell hook on ``shell``; the pool starts on first use."""
     magics = PoolMagics(shell)
     shell.register_magics(magics)
     shell.configurables.append(magics)
+    shell.events.register("pre_run_cell", magics.note_cell)
+    shell.Completer.custom_matchers.append(magics.complete)
     return magics
 
 
@@ -413,3 +619,5 @@ def unload(shell: Any) -> None:
     for kind in ("line", "cell"):
         shell.magics_manager.magics[kind].pop("pool", None)
     shell.configurables.remove(magics)
+    shell.events.unregister("pre_run_cell", magics.note_cell)
+    shell.Completer.custom_matchers.remove(magics.complete)

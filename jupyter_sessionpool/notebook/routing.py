@@ -8,6 +8,15 @@ cell runs) and every output is published on IOPub with that explicit parent. The
 then puts it in the starting cell, never in a later one. ``transient.display_id`` is kept,
 so ``update_display`` from the remote kernel updates the right output.
 
+A background cell's output is different: a headless client (nbclient, nbconvert,
+papermill) stops listening to a cell once it is idle, and drops every later message whose
+parent is not the cell it runs now. What every client does apply, to any earlier cell, is
+an update of a display by its id. So :class:`BackgroundCell` shows a ``--bg`` cell's output
+as ONE display in the starting cell, made while that cell runs, and delivers the output as
+updates of that display: a live front end shows it there as it comes (once: an update adds
+nothing to the cell it is sent from), and a headless run records it there as soon as an
+update is sent while one of its cells runs (``%pool wait`` sends the final one).
+
 Outside a kernel (terminal IPython, an in-process ``InteractiveShell``) there is one output
 area: streams are written to ``sys.stdout``/``sys.stderr`` and rich data goes through the
 shell's display publisher.
@@ -15,15 +24,37 @@ shell's display publisher.
 
 from __future__ import annotations
 
+import html
+import re
 import sys
-from typing import Any
+import threading
+import time
+import uuid
+from typing import Any, Callable
 
-from ..results import OutputCallback
+from ..results import OutputCallback, _Outputs
+
+BACKGROUND_MIME = "application/vnd.jupyter-sessionpool.background+json"
+"""The MIME type of a background cell's display: ``{"header", "outputs"}`` (nbformat outputs),
+for a front end that renders the outputs natively; text/plain (and text/html when an output
+needs it) are the fallback every client shows."""
+
+_UPDATE_EVERY = 0.2  # seconds between two updates of a background cell's display while output flows
 
 
 def in_kernel(shell: Any) -> bool:
     """True if ``shell`` runs inside an ipykernel (it has a kernel with a messaging session)."""
     return getattr(getattr(shell, "kernel", None), "session", None) is not None
+
+
+def current_parent(shell: Any) -> dict[str, Any]:
+    """The parent header of the request the kernel runs now (call on the kernel's main thread)."""
+    return shell.kernel.get_parent("shell")
+
+
+def cell_number(shell: Any) -> int:
+    """The ``n`` of ``In [n]`` of the cell running now (IPython counts a cell before running it)."""
+    return shell.displayhook.prompt_count
 
 
 def route_to_current_cell(shell: Any) -> OutputCallback:
@@ -33,8 +64,7 @@ def route_to_current_cell(shell: Any) -> OutputCallback:
     then be called from any thread, for as long as the remote cell produces output.
     """
     if in_kernel(shell):
-        kernel = shell.kernel
-        return _ToIOPub(kernel.session, kernel.iopub_socket, kernel.get_parent("shell"), shell.displayhook.prompt_count)
+        return _ToIOPub(shell)
     return _ToShell(shell)
 
 
@@ -45,11 +75,15 @@ class _ToIOPub:
     pool's thread.
     """
 
-    def __init__(self, session: Any, iopub: Any, parent: dict[str, Any], execution_count: int) -> None:
-        self._session = session
-        self._iopub = iopub
-        self._parent = parent
-        self._execution_count = execution_count
+    def __init__(self, shell: Any) -> None:  # on the kernel's main thread, while the cell runs
+        self._session = shell.kernel.session
+        self._iopub = shell.kernel.iopub_socket
+        self._parent = current_parent(shell)
+        self._execution_count = cell_number(shell)
+
+    def send(self, kind: str, content: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
+        """Publish one IOPub message, by default as output of the cell this route belongs to."""
+        self._session.send(self._iopub, kind, content, parent=parent or self._parent)
 
     def __call__(self, out: dict[str, Any]) -> None:
         kind = out["output_type"]
@@ -64,7 +98,7 @@ class _ToIOPub:
             if kind == "execute_result":
                 # the local cell's count: the output belongs to this cell, not to the remote history
                 content["execution_count"] = self._execution_count
-        self._session.send(self._iopub, kind, content, parent=self._parent)
+        self.send(kind, content)
 
 
 class _ToShell:
@@ -92,3 +126,196 @@ class _ToShell:
                 transient=out.get("transient"),
                 update=kind == "update_display_data",
             )
+
+
+class HoldingErrors:
+    """Passes outputs on, holding back the latest ``error`` until another output follows it.
+
+    A failing cell's own error is its last output. The magic raises that error as the
+    local cell's own instead (so it shows once), and it raises ``ExecutionTimeout`` instead
+    of the remote ``KeyboardInterrupt`` the timeout caused: :meth:`end` drops the held
+    error then, and passes it on when the cell went on after showing it (e.g. an error
+    shown inside an Output widget).
+    """
+
+    def __init__(self, route: OutputCallback) -> None:
+        self._route = route
+        self._held: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, out: dict[str, Any]) -> None:
+        with self._lock:
+            held, self._held = self._held, (out if out["output_type"] == "error" else None)
+        if held is not None:
+            self._route(held)
+        if out["output_type"] != "error":
+            self._route(out)
+
+    def end(self, drop: bool) -> None:
+        """The cell ended: drop the held error (``drop``: it is shown another way) or pass it on."""
+        with self._lock:
+            held, self._held = self._held, None
+        if held is not None and not drop:
+            self._route(held)
+
+
+class Notice:
+    """A one-output message in the cell running now, replaced on each :meth:`show`.
+
+    Made on the kernel's main thread while the cell runs; :meth:`show` may then be called
+    from any thread. In a kernel it is a display (with a display id) that ``show(None)``
+    and :meth:`close` empty; outside one the first text is printed to stderr.
+    """
+
+    def __init__(self, shell: Any) -> None:
+        self._iopub = _ToIOPub(shell) if in_kernel(shell) else None
+        self._display_id = uuid.uuid4().hex
+        self._text: str | None = None  # what shows now
+        self._made = False
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def show(self, text: str | None) -> None:
+        """Show ``text`` instead of what shows now (None: nothing)."""
+        with self._lock:
+            if not self._closed:
+                self._show(text)
+
+    def close(self) -> None:
+        """Remove the message for good; later :meth:`show` calls do nothing."""
+        with self._lock:
+            self._show(None)
+            self._closed = True
+
+    def _show(self, text: str | None) -> None:  # called with the lock held
+        if text == self._text:
+            return
+        self._text = text
+        if self._iopub is None:
+            if text:
+                print(text, file=sys.stderr, flush=True)
+            return
+        kind = "update_display_data" if self._made else "display_data"
+        self._made = True
+        data = {"text/plain": text} if text else {}
+        self._iopub.send(kind, {"data": data, "metadata": {}, "transient": {"display_id": self._display_id}})
+
+
+class BackgroundCell:
+    """A ``%%pool --bg`` cell's outputs, kept as one display in the cell that started it.
+
+    Make it on the kernel's main thread while the starting cell runs: that shows the
+    display. It is the cell's ``on_output``; the pool's thread calls it, and the display
+    is updated at most every 0.2 s while output flows (the last output always reaches it).
+    Updates are sent with the parent ``latest_parent()`` returns (the cell the kernel runs
+    now), so that a headless client, which listens only to that cell, applies them too.
+    ``relabel`` rewrites a remote traceback's cell numbers as each update is rendered.
+    """
+
+    def __init__(
+        self,
+        shell: Any,
+        header: str,
+        latest_parent: Callable[[], dict[str, Any]],
+        relabel: Callable[[list[str]], list[str]],
+    ) -> None:
+        self._iopub = _ToIOPub(shell)
+        self._latest_parent = latest_parent
+        self._relabel = relabel
+        self._display_id = uuid.uuid4().hex
+        self._header = header
+        self._outputs = _Outputs(None)
+        self._lock = threading.Lock()
+        self._sent = 0.0  # monotonic time of the last update
+        self._timer: threading.Timer | None = None
+        self._send("display_data", None)
+
+    def __call__(self, out: dict[str, Any]) -> None:
+        with self._lock:
+            self._outputs.apply(out)
+            if self._timer is not None:
+                return  # an update is due already; it will carry this output
+            delay = self._sent + _UPDATE_EVERY - time.monotonic()
+            if delay <= 0:
+                self._send("update_display_data", None)
+            else:
+                self._timer = threading.Timer(delay, self.update)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def update(self, header: str | None = None, parent: dict[str, Any] | None = None) -> None:
+        """Send the display as it is now; ``header`` replaces the first line, ``parent`` the target cell."""
+        with self._lock:
+            if header is not None:
+                self._header = header
+            self._send("update_display_data", parent)
+
+    def _send(self, kind: str, parent: dict[str, Any] | None) -> None:  # called with the lock held
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sent = time.monotonic()
+        content = {
+            "data": render(self._header, [
+                {**out, "traceback": self._relabel(out["traceback"])} if out["output_type"] == "error" else out
+                for out in self._outputs.outputs
+            ]),
+            "metadata": {},
+            "transient": {"display_id": self._display_id},
+        }
+        self._iopub.send(kind, content, parent or (self._latest_parent() if kind != "display_data" else None))
+
+
+# ---- one display for many outputs ------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_IMAGES = ("image/png", "image/jpeg", "image/gif")
+
+
+def render(header: str, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A mimebundle showing ``header`` and then every output, for one display.
+
+    text/plain holds the text of each output (tracebacks keep their colours, which
+    front ends and nbconvert render); text/html is added only if an output has data
+    that text cannot show (HTML, images), and :data:`BACKGROUND_MIME` carries the outputs.
+    """
+    texts = [header + "\n"]
+    for out in outputs:
+        kind = out["output_type"]
+        if kind == "stream":
+            texts.append(out["text"])
+        elif kind == "error":
+            texts.append("\n".join(out["traceback"]) + "\n")
+        else:
+            texts.append(str(out["data"].get("text/plain", "")) + "\n")
+    bundle: dict[str, Any] = {"text/plain": "".join(texts), BACKGROUND_MIME: {"header": header, "outputs": outputs}}
+    if any(set(out.get("data", {})) - {"text/plain"} for out in outputs):
+        bundle["text/html"] = _html(header, outputs)
+    return bundle
+
+
+def _html(header: str, outputs: list[dict[str, Any]]) -> str:
+    pre = '<pre style="margin:0;white-space:pre-wrap{}">{}</pre>'
+    parts = [pre.format(";color:#666", html.escape(header))]
+    for out in outputs:
+        kind = out["output_type"]
+        if kind == "stream":
+            parts.append(pre.format(";background:#fdd" if out["name"] == "stderr" else "", html.escape(out["text"])))
+        elif kind == "error":
+            parts.append(pre.format(";background:#fdd", html.escape(_ANSI.sub("", "\n".join(out["traceback"])))))
+        else:
+            data = out["data"]
+            image = next((mime for mime in _IMAGES if mime in data), None)
+            if "text/html" in data:
+                parts.append(_joined(data["text/html"]))
+            elif image:
+                parts.append(f'<img src="data:{image};base64,{_joined(data[image]).strip()}">')
+            elif "image/svg+xml" in data:
+                parts.append(_joined(data["image/svg+xml"]))
+            else:
+                parts.append(pre.format("", html.escape(str(data.get("text/plain", "")))))
+    return "\n".join(parts)
+
+
+def _joined(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
