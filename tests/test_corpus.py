@@ -1,4 +1,4 @@
-"""Output fidelity on real notebooks written by others (/work/shared/corpus, see its SOURCES.md).
+"""Output fidelity on real notebooks written by others (../shared/corpus beside the repository, see its SOURCES.md).
 
 Each notebook runs three ways, all at once: directly with nbclient (the reference), through
 ``%%pool session=<stem>`` cells in a notebook run by nbclient, and through
@@ -24,7 +24,8 @@ from nbclient import NotebookClient
 
 from jupyter_sessionpool import AsyncKernelPool
 
-CORPUS = Path(os.environ.get("JSP_CORPUS", "/work/shared/corpus"))
+# the project's shared/ folder sits beside the repository (also in CI); JSP_CORPUS points elsewhere
+CORPUS = Path(os.environ.get("JSP_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
 NOTEBOOKS = sorted((CORPUS / "notebooks").glob("*.ipynb"))
 AT_ONCE = 4  # notebooks in flight per way of running them
 
