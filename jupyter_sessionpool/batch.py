@@ -292,7 +292,7 @@ def fill_cell(cell: Any, result: ExecutionResult, started: datetime.datetime, en
         "shell.execute_reply": _stamp(ended),
         "iopub.status.idle": _stamp(ended),
     }
-    failed = result.status != "ok"
+    failed = result.status != "ok" and "raises-exception" not in cell.metadata.get("tags", [])
     cell.metadata["papermill"].update(
         exception=failed,
         start_time=started.isoformat(),
