@@ -156,7 +156,7 @@ class _Display:
             self.finished.append(result)
         if self.quiet:
             if event == "done" and not result.ok:
-                print(f"{result.status.upper()} {result.path}: {result.error}", file=sys.stderr)
+                print(f"{result.status.upper()} {_shown(result.path)}: {result.error}", file=sys.stderr)
             return
         if not self.tty:
             if event == "done":
@@ -183,6 +183,7 @@ class _Display:
         if self.quiet or not results:
             return
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title=f"{sum(r.ok for r in results)}/{len(results)} passed in {time.monotonic() - self._started:.1f} s")
@@ -190,13 +191,22 @@ class _Display:
             table.add_column(column, justify="right" if column in ("cells", "seconds") else "left")
         for r in results:
             style = "green" if r.ok else "yellow" if r.status == "skipped" else "red"
-            table.add_row(str(r.path), f"[{style}]{r.status}[/]", f"{r.cells}/{r.cells_total}", f"{r.duration:.2f}", r.error or "")
+            table.add_row(escape(_shown(r.path)), f"[{style}]{r.status}[/]", f"{r.cells}/{r.cells_total}",
+                          f"{r.duration:.2f}", escape(r.error or ""))
         Console(width=None if self.tty else 160).print(table)
+
+
+def _shown(path: Path) -> str:
+    """A notebook's path as the user would type it: relative to here when it is below here."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _line(result: Any) -> str:
     tail = f"  {result.error}" if result.error else ""
-    return f"{result.status.upper():<11} {result.path}  {result.cells}/{result.cells_total} cells  {result.duration:.2f} s{tail}"
+    return f"{result.status.upper():<11} {_shown(result.path)}  {result.cells}/{result.cells_total} cells  {result.duration:.2f} s{tail}"
 
 
 def write_junit(results: list[Any], path: str) -> None:
