@@ -38,7 +38,7 @@ PASSED, FAILED, TIMEOUT, DIED, INTERRUPTED, SKIPPED = "passed", "failed", "timeo
 RUNNING = "running"
 
 Progress = Callable[[str, "NotebookResult"], Any]
-"""``progress(event, result)``: event is "start", "cell" (one more code cell done) or "done"."""
+"""``progress(event, result)``: "queued" (each notebook, before any runs), "start", "cell" (one more code cell done), "done"."""
 
 
 class UsageError(PoolError, ValueError):
@@ -364,6 +364,8 @@ class _Runner:
         try:
             for pool in self.pools.values():
                 await pool.start()
+            for plan in self.plans:
+                self._report("queued", plan.result)
             self.tasks = [asyncio.ensure_future(self._run_one(plan)) for plan in self.plans]
             try:
                 await asyncio.gather(*self.tasks)

@@ -139,6 +139,7 @@ class _Display:
         self.tty = sys.stdout.isatty() and not quiet
         self._live: Any = None
         self._tasks: dict[Path, Any] = {}
+        self._queued = 0
         self._started = time.monotonic()
 
     def _progress(self) -> Any:
@@ -163,7 +164,10 @@ class _Display:
                 print(_line(result), flush=True)
             return
         progress = self._progress()
-        if event == "start":
+        if event == "queued":
+            self._queued += 1
+            progress.update(self._overall, total=self._queued)
+        elif event == "start":
             self._tasks[result.path] = progress.add_task(result.name, total=result.cells_total or None)
         elif event == "cell" and result.path in self._tasks:
             progress.update(self._tasks[result.path], completed=result.cells)
