@@ -81,8 +81,8 @@ def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):
         marker = tmp_path / f"{name}.pid"
         notebook(
             src / f"{name}.ipynb",
-            f"import os\nprint('started {name}')\nopen({str(marker)!r}, 'w').write(str(os.getpid()))",
-            "import time\ntime.sleep(600)",
+            f"print('started {name}')",
+            f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)",
             "print('never')",
         )
     notebook(src / "c.ipynb", "print('c never starts: -j 2')")
@@ -93,7 +93,7 @@ def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):
     try:
         deadline = time.monotonic() + 90
         markers = [tmp_path / "a.pid", tmp_path / "b.pid"]
-        while not all(m.exists() and m.read_text() for m in markers):  # both notebooks are in their sleeping cell
+        while not all(m.exists() and m.read_text() for m in markers):  # both notebooks are in their sleeping cell (the first one done)
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the notebooks never started"
             time.sleep(0.05)
