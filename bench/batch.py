@@ -124,7 +124,8 @@ async def measure(quick: bool) -> Section:
     section.notes.append(
         f"CPU, which the other users of this machine disturb far less than wall time: papermill serial used "
         f"{cpu_serial / top:.2f} s per notebook, sessionpool {cpu_ours / top:.2f} s ({cpu_serial / cpu_ours:.2f}x less). "
-        "On 2 cores that ratio is the ceiling of the wall-time speed-up once both are CPU-bound."
+        f"Papermill serial keeps one core busy and the pool all {os.cpu_count()}: on a quiet machine the wall-time "
+        f"speed-up is bounded by about {os.cpu_count()} x that ratio = {os.cpu_count() * cpu_serial / cpu_ours:.1f}x."
     )
     ours = min(best["sessionpool -j 2"], best["sessionpool -j 4"])
     section.targets += [
