@@ -34,6 +34,7 @@ os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 (_SCRATCH / "runtime").mkdir(mode=0o700)
 
 import _common  # noqa: E402 - the environment above must be set before Jupyter modules load
+import batch  # noqa: E402
 import books  # noqa: E402
 import checkout  # noqa: E402
 import concurrency  # noqa: E402
@@ -46,8 +47,10 @@ import startup  # noqa: E402
 import throughput  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
-# In the order of the issue's list; magics (the notebook front end) last.
-ITEMS = {m.__name__: m for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics)}
+# In the order of the issue's list; magics (the notebook front end), then batch runs (issue 14).
+ITEMS = {
+    m.__name__: m for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, batch)
+}
 
 
 def leftovers() -> list[tuple[int, str]]:

@@ -28,6 +28,10 @@ from ..errors import KernelStartError, ProtocolError
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 _DEATH_SIGNAL = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
+# Put first on an ipykernel's PYTHONPATH: it skips loading debugpy at start (a quarter of the
+# start's CPU) and then takes itself off the paths again; see _faststart/debugpy/__init__.py.
+_FASTSTART = str(Path(__file__).resolve().parent / "_faststart")
+
 _STDERR_TAIL_BYTES = 4000
 _IOPUB_RESEND = 0.25  # seconds to wait for iopub before re-sending kernel_info (slow joiner)
 _FAIR_SHARE = 16  # messages read back to back (already queued) before yielding to the event loop
@@ -173,7 +177,10 @@ class PooledKernel:
         self.km = km
         self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in shutdown()
         env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self._env}
-        extra = ["--HistoryManager.hist_file=:memory:"] if km.ipykernel else []
+        extra = []
+        if km.ipykernel:
+            extra = ["--HistoryManager.hist_file=:memory:"]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_FASTSTART, env.get("PYTHONPATH")]))
         await km.start_kernel(
             env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra
         )

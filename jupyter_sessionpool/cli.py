@@ -1,0 +1,231 @@
+"""The ``jupyter-sessionpool`` command (``jupyter sessionpool`` too): a thin face of the Python API.
+
+``jupyter-sessionpool run NOTEBOOK_OR_DIR...`` is :func:`~jupyter_sessionpool.batch.run_notebooks`
+with a live display (rich) on a terminal, plain lines otherwise, a summary table and an exit
+status: 0 all passed, 1 any failed, 2 bad usage, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jupyter-sessionpool", description="A pool of real Jupyter kernels handed out by session.")
+    parser.add_argument("--version", action="version", version=f"jupyter-sessionpool {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = commands.add_parser(
+        "run",
+        help="run notebooks at once, each on a fresh prewarmed kernel of its own",
+        description="Run notebooks N at a time, each on a fresh prewarmed kernel of its own, in its own "
+        "directory, with parameters injected the papermill way. Exit status: 0 all passed, 1 any failed, "
+        "2 bad usage, 130 interrupted.",
+    )
+    run.add_argument("paths", nargs="+", metavar="NOTEBOOK_OR_DIR", help="notebooks, or directories searched for *.ipynb")
+    run.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N", help="notebooks at a time (default: the cores)")
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output-dir", metavar="OUT_DIR", help="write executed notebooks here (default: not written)")
+    out.add_argument("--inplace", action="store_true", help="write executed notebooks over their inputs")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter (a Python literal where it parses, a string otherwise); repeatable")
+    run.add_argument("-f", "--parameters-file", metavar="PARAMS.yaml", help="parameters from a YAML mapping (-p wins)")
+    run.add_argument("--timeout", type=_positive_float, metavar="S", help="seconds a whole notebook may run")
+    run.add_argument("--cell-timeout", type=_positive_float, metavar="S", help="seconds one cell may run")
+    run.add_argument("--kernel", metavar="NAME", help="kernelspec for every notebook (default: each notebook's own)")
+    run.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report (one test case per notebook)")
+    run.add_argument("--gateway-url", metavar="URL", help="run the kernels on a Jupyter (Enterprise) Kernel Gateway")
+    run.add_argument("--fail-fast", action="store_true", help="stop everything at the first failing notebook")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary; failures only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .batch import UsageError, load_parameters_file, parse_value, run_notebooks
+
+    display = _Display(quiet=args.quiet)
+    try:
+        parameters = load_parameters_file(args.parameters_file) if args.parameters_file else {}
+        parameters.update({name: parse_value(value) for name, value in args.parameter})
+        results = run_notebooks(
+            args.paths,
+            jobs=args.jobs,
+            output_dir=args.output_dir,
+            inplace=args.inplace,
+            parameters=parameters,
+            timeout=args.timeout,
+            cell_timeout=args.cell_timeout,
+            kernel_name=args.kernel,
+            gateway_url=args.gateway_url,
+            fail_fast=args.fail_fast,
+            progress=display.update,
+        )
+    except UsageError as exc:
+        display.close()
+        print(f"jupyter-sessionpool run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        display.close()
+        results = display.finished
+        print(f"interrupted: {len(results)} notebook(s) stopped; partial outputs written", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    else:
+        display.close()
+        status = EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+    display.summary(results)
+    if args.junit_xml:
+        write_junit(results, args.junit_xml)
+    if args.output_dir is None and not args.inplace and not args.quiet:
+        print("(executed notebooks were not written; pass -o OUT_DIR to keep them)", file=sys.stderr)
+    return status
+
+
+class _Display:
+    """Progress: a rich live view on a terminal (a line per running notebook, an overall bar), plain lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.finished: list[Any] = []
+        self.tty = sys.stdout.isatty() and not quiet
+        self._live: Any = None
+        self._tasks: dict[Path, Any] = {}
+        self._queued = 0
+        self._started = time.monotonic()
+
+    def _progress(self) -> Any:
+        if self._live is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn())
+            self._overall = self._live.add_task("[bold]all notebooks", total=None)
+            self._live.start()
+        return self._live
+
+    def update(self, event: str, result: Any) -> None:
+        if event == "done":
+            self.finished.append(result)
+        if self.quiet:
+            if event == "done" and not result.ok:
+                print(f"{result.status.upper()} {_shown(result.path)}: {result.error}", file=sys.stderr)
+            return
+        if not self.tty:
+            if event == "done":
+                print(_line(result), flush=True)
+            return
+        progress = self._progress()
+        if event == "queued":
+            self._queued += 1
+            progress.update(self._overall, total=self._queued)
+        elif event == "start":
+            self._tasks[result.path] = progress.add_task(result.name, total=result.cells_total or None)
+        elif event == "cell" and result.path in self._tasks:
+            progress.update(self._tasks[result.path], completed=result.cells)
+        elif event == "done":
+            task = self._tasks.pop(result.path, None)
+            if task is not None:
+                progress.remove_task(task)
+            progress.update(self._overall, advance=1)
+            progress.console.print(_line(result), markup=False, highlight=False)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def summary(self, results: list[Any]) -> None:
+        if self.quiet or not results:
+            return
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title=f"{sum(r.ok for r in results)}/{len(results)} passed in {time.monotonic() - self._started:.1f} s")
+        for column in ("notebook", "status", "cells", "seconds", "error"):
+            table.add_column(column, justify="right" if column in ("cells", "seconds") else "left")
+        for r in results:
+            style = "green" if r.ok else "yellow" if r.status == "skipped" else "red"
+            table.add_row(escape(_shown(r.path)), f"[{style}]{r.status}[/]", f"{r.cells}/{r.cells_total}",
+                          f"{r.duration:.2f}", escape(r.error or ""))
+        Console(width=None if self.tty else 160).print(table)
+
+
+def _shown(path: Path) -> str:
+    """A notebook's path as the user would type it: relative to here when it is below here."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _line(result: Any) -> str:
+    tail = f"  {result.error}" if result.error else ""
+    return f"{result.status.upper():<11} {_shown(result.path)}  {result.cells}/{result.cells_total} cells  {result.duration:.2f} s{tail}"
+
+
+def write_junit(results: list[Any], path: str) -> None:
+    """A JUnit XML report: one ``testcase`` per notebook, failures with the cell's traceback."""
+    suite = ET.Element("testsuite", name="jupyter-sessionpool", tests=str(len(results)),
+                       failures=str(sum(r.status == "failed" for r in results)),
+                       errors=str(sum(r.status in ("timeout", "died", "interrupted") for r in results)),
+                       skipped=str(sum(r.status == "skipped" for r in results)),
+                       time=f"{sum(r.duration for r in results):.3f}")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=str(r.path.parent), name=r.path.name, time=f"{r.duration:.3f}")
+        if r.status == "skipped":
+            ET.SubElement(case, "skipped", message="not run: the run stopped first")
+        elif not r.ok:
+            tag = "failure" if r.status == "failed" else "error"
+            node = ET.SubElement(case, tag, message=r.error or r.status, type=r.status)
+            node.text = _ANSI.sub("", "\n".join(r.traceback))
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
