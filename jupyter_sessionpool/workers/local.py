@@ -239,8 +239,7 @@ class LocalWorker(KernelWorker):
         self._session = km.session
         info = km.get_connection_info()
         ctx = self._workers.context
-        shell = ctx.socket(zmq.DEALER)
-        shell.setsockopt(zmq.IDENTITY, self._session.bsession)
+        shell = ctx.socket(zmq.DEALER)  # zmq picks its identity: Lease.client's shell socket uses the session's
         iopub = ctx.socket(zmq.SUB)
         iopub.setsockopt(zmq.SUBSCRIBE, b"")
         for sock, port in ((shell, "shell_port"), (iopub, "iopub_port")):
@@ -307,7 +306,7 @@ class LocalWorker(KernelWorker):
         request = self.router.open(msg["header"]["msg_id"], channel)
         self._session.send(self._sockets[0][1], msg)
         self._wake_reader()  # a send can consume the descriptor's edge: look again
-        log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id[:8])
+        log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id)
         return request
 
     def _wake_reader(self) -> None:
