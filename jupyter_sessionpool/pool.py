@@ -340,6 +340,12 @@ class AsyncKernelPool(PoolSettings):
 
         return unsubscribe
 
+    def _wait_subscribers(self, timeout: float) -> None:
+        """Block (from a thread other than the loop's) until every subscriber has seen the changes so far."""
+        deadline = time.monotonic() + timeout
+        for handoff in list(self._subscribers):
+            handoff.wait_idle(max(0.0, deadline - time.monotonic()))
+
     @observe("max_kernels", "min_idle", "start_retries")
     def _settings_changed(self, change: dict[str, Any]) -> None:
         if "_books" not in self.__dict__:

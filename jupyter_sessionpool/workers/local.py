@@ -176,10 +176,16 @@ class LocalWorker(KernelWorker):
         """An AsyncKernelClient of this kernel with its own sockets, made on first use.
 
         The pool's reader keeps its own sockets; this one is for callers who speak the
-        protocol themselves (``Lease.client``).
+        protocol themselves (``Lease.client``). Its session announces each request it sends
+        to the router (thread-safe: a blocking client on another thread may share it).
         """
         if self._client is None and self._km is not None:
-            self._client = self._km.client(context=self._workers.async_context)
+            theirs = self._km.session
+            session = _AnnouncingSession(
+                key=theirs.key, signature_scheme=theirs.signature_scheme, username=theirs.username,
+                announce=functools.partial(self._loop.call_soon_threadsafe, self.router.expect),
+            )
+            self._client = self._km.client(context=self._workers.async_context, session=session)
             self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         return self._client
 
@@ -436,6 +442,20 @@ class LocalWorker(KernelWorker):
             self._log_path.unlink(missing_ok=True)
             if self._started_at is not None:
                 log.info("kernel %s stopped after %.1f s", self.kernel_id[:8], time.monotonic() - self._started_at)
+
+
+class _AnnouncingSession(Session):
+    """A Session that calls ``announce(msg_id)`` for every message it sends."""
+
+    def __init__(self, announce: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._announce = announce
+
+    def send(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        msg = super().send(*args, **kwargs)
+        if msg is not None:
+            self._announce(msg["header"]["msg_id"])
+        return msg
 
 
 def _silent(code: str) -> dict[str, Any]:
