@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
+import random
 import os
 import signal
 import time
@@ -41,14 +41,20 @@ async def test_a_malformed_message_is_a_protocol_error_and_the_pool_serves_on(ma
 
 
 async def test_a_reply_that_races_the_cancel_is_seen_and_the_kernel_kept(make_pool, kernel_dir):
-    """The fake kernel sends output, reply and idle in one burst; the caller is cancelled on the
-    output. The reply and idle are already read: the kernel is checked in, never interrupted."""
-    pool = await make_pool(kernel_name="scripted", max_kernels=1, interrupt_timeout=1)
+    """The fake kernel sends an output, pauses 10 ms, then sends reply and idle in one burst; the
+    caller is cancelled around the moment the burst lands. Whatever the reader had already taken
+    for the request stays with it: the kernel is kept every time, never declared lost."""
+    pool = await make_pool(kernel_name="scripted", max_kernels=1, interrupt_timeout=0.5)
     loop = asyncio.get_running_loop()
-    for i in range(10):
+    rng = random.Random(20261201)
+    for i in range(40):
         box: list[asyncio.Task] = []
-        on_output = functools.partial(lambda box, out: loop.call_soon_threadsafe(box[0].cancel), box)
-        box.append(asyncio.ensure_future(pool.execute(f"cell {i}", session="a", on_output=on_output)))
+        delay = rng.uniform(0.0, 0.03)  # the moment of the cancel, around the burst: not a synchronisation
+
+        def cancel_soon(out, box=box, delay=delay) -> None:
+            loop.call_soon_threadsafe(loop.call_later, delay, box[0].cancel)
+
+        box.append(asyncio.ensure_future(pool.execute("burst", session="a", on_output=cancel_soon)))
         try:
             await box[0]
         except asyncio.CancelledError:

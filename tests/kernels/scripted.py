@@ -8,7 +8,7 @@ names the script:
 - ``malformed``: a ``stream`` message without its ``name`` (a KeyError for a reader that
   trusts it), then nothing more;
 - ``bad-signature``: a message whose HMAC signature is wrong, then nothing more;
-- ``burst``: an output, then the reply and the idle together in one burst;
+- ``burst``: an output, a 10 ms pause, then the reply and the idle together in one burst;
 - ``hang``: busy, a ``started`` line, then nothing more until an ``interrupt_request`` on control, after
   which it ends the cell normally (interrupt_mode "message");
 - anything else: busy, execute_input, a stream with the code as its text, reply, idle.
@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import zmq
 from jupyter_client.session import Session
@@ -67,6 +68,11 @@ def execute(idents: list, msg: dict) -> None:
         frames = session.serialize(session.msg("stream", {"name": "stdout", "text": "x"}, parent=msg))
         frames[frames.index(b"<IDS|MSG>") + 1] = b"0" * 64
         iopub.send_multipart(frames)
+        return
+    if code == "burst":
+        session.send(iopub, "stream", {"name": "stdout", "text": "out\n"}, parent=msg)
+        time.sleep(0.01)
+        finish(idents, msg, count)
         return
     if code == "hang":
         session.send(iopub, "stream", {"name": "stdout", "text": "started\n"}, parent=msg)
