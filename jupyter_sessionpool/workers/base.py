@@ -29,7 +29,10 @@ Message = dict[str, Any]
 ORPHAN_MESSAGES = 200
 """Most output messages kept per kernel that answer no open request (oldest dropped first)."""
 
-_FAIR_SHARE = 16  # messages returned back to back (already queued) before yielding to the loop
+# Messages returned back to back (already queued) before yielding to the loop: more than a
+# reader hands over per loop callback, so a reader never outpaces its consumer in a flood
+# (the queue would grow by the difference every loop iteration).
+_FAIR_SHARE = 256
 
 
 class KernelExited(Exception):
