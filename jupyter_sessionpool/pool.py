@@ -107,6 +107,8 @@ class Lease:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
             self._pool._count("timeouts")
+            self._pool.log.warning("cell on kernel %s (session %s) timed out after %g s; %s", self.kernel_id[:8],
+                                   self.session, exc.timeout, "replacing it" if exc.restarted else "interrupted")
             if exc.restarted:
                 self._discard = "its cell timed out and ignored the interrupt"
             self._inflight = None

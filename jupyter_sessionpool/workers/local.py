@@ -461,8 +461,12 @@ class _AnnouncingSession(Session):
 
 
 def _silent(code: str) -> dict[str, Any]:
-    """execute_request content for pool-internal code: no history, no execution count, no output."""
-    return {"code": code, "silent": True, "store_history": False, "user_expressions": {},
+    """execute_request content for pool-internal code: no history, no execution count.
+
+    Not ``silent``: the kernel takes the same path as for a user's cell (execute_input,
+    display hook), so that path's one-time costs are paid here.
+    """
+    return {"code": code, "silent": False, "store_history": False, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": False}
 
 
