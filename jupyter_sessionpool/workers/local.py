@@ -308,6 +308,8 @@ class LocalWorker(KernelWorker):
     # ---- the reader --------------------------------------------------------------------------
 
     def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+        if channel != "shell":
+            raise ValueError(f"the local worker sends requests on shell only, not {channel!r}")
         if self._session is None or self.exited.done():
             raise KernelExited(self.exited.result() if self.exited.done() else "not started")
         msg = self._session.msg(msg_type, content)
