@@ -98,13 +98,19 @@ class Request:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            # A timer that resolves the waiter, not asyncio.wait_for: that costs a wrapper
+            # future and two callbacks on every wait, and a wait happens nearly every message.
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                return None
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is _EXPIRED:
+                return None
         self._streak += 1
         if self._streak >= _FAIR_SHARE:  # a flood never waits by itself: let other sessions run
             self._streak = 0
@@ -114,6 +120,14 @@ class Request:
     def close(self) -> None:
         """Stop routing to this request; what still arrives for it counts as orphan output."""
         self._router._close(self)
+
+
+_EXPIRED = object()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(_EXPIRED)
 
 
 class Router:
