@@ -3,7 +3,8 @@
 The async pool lives on one private event-loop thread; each method hands its coroutine
 to that loop and blocks for the answer. The caller's own event loop, if any (a running
 Jupyter kernel, a coroutine calling sync code), is never touched or patched.
-Callbacks (``on_output``, ``subscribe``) run on the pool's thread.
+Callbacks (``on_output``, ``subscribe``) run on callback threads, never the pool's thread
+(see :mod:`._handoff`); a blocking call returns once subscribers have seen what it changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 from traitlets import observe
 
 from .config import PoolSettings, check_session, check_timeout
+from ._handoff import on_callback_thread
 from .errors import PoolClosed
 from .results import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _KILL_WAIT = 5.0  # seconds a shutdown waits for kernels it has killed, and for the loop thread to end
+_SUBSCRIBER_WAIT = 5.0  # seconds a blocking call waits at most for slow subscribers to catch up
 _live: weakref.WeakSet[KernelPool] = weakref.WeakSet()
 
 
@@ -154,7 +157,7 @@ class SyncLease:
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
-            self._client.stop_channels()
+            _close_flushed(self._client)
         self._pool._call(self._lease._return)
 
     @property
@@ -171,12 +174,19 @@ class SyncLease:
 
     @property
     def client(self) -> Any:
-        """A ``jupyter_client`` BlockingKernelClient on this kernel, made on first use."""
+        """A ``jupyter_client`` BlockingKernelClient on this kernel, made on first use (None if remote).
+
+        What you send through it before the block ends still reaches the kernel; on exit
+        the pool waits for (or interrupts) what you left running, see :attr:`Lease.client`.
+        """
         if self._client is None:
             from jupyter_client.blocking import BlockingKernelClient
 
-            self._client = BlockingKernelClient()
-            self._client.load_connection_info(self._lease._kernel.km.get_connection_info())
+            source = self._pool._call(lambda: self._lease.client)
+            if source is None:
+                return None
+            self._client = BlockingKernelClient(session=source.session)  # its requests are announced too
+            self._client.load_connection_info(source.get_connection_info())
             self._client.start_channels(stdin=False, hb=False)
         return self._client
 
@@ -193,6 +203,25 @@ class SyncLease:
     def interrupt(self) -> None:
         """Interrupt the cell running on this kernel."""
         self._pool._run(self._lease.interrupt())
+
+    def __repr__(self) -> str:
+        return repr(self._lease).replace("<Lease", "<SyncLease", 1) if self._lease else "<SyncLease unentered>"
+
+
+_FLUSH_LINGER_MS = 1000
+
+
+def _close_flushed(client: Any) -> None:
+    """Stop a blocking client's channels without dropping what was just sent.
+
+    jupyter_client closes channel sockets with ``linger=0``, which discards a request still
+    queued in zmq (one sent just before the ``with`` block ended); closing them first with a
+    linger lets the request go out.
+    """
+    for channel in (client._shell_channel, client._control_channel):  # the properties would open new ones
+        if channel is not None and channel.socket is not None and not channel.socket.closed:
+            channel.socket.close(linger=_FLUSH_LINGER_MS)
+    client.stop_channels()
 
 
 class KernelPool(PoolSettings):
@@ -220,12 +249,20 @@ class KernelPool(PoolSettings):
     # ---- the private loop ------------------------------------------------------------------
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if on_callback_thread():
+            coro.close()
+            raise RuntimeError("a blocking KernelPool call was made from inside on_output or a subscriber, "
+                               "which can wait on the very call that runs the callback; hand the work to "
+                               "another thread, or use the AsyncKernelPool")
         fut = self._loop_thread.submit(coro)
         try:
-            return fut.result()
+            result = fut.result()
         except KeyboardInterrupt:
             fut.cancel()
             raise
+        if not on_callback_thread():  # subscribers see this call's changes before it returns
+            self._async._wait_subscribers(_SUBSCRIBER_WAIT)
+        return result
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a plain (non-blocking) function on the pool's thread and return its value.

@@ -8,14 +8,23 @@ from jupyter_sessionpool import AsyncKernelPool
 
 
 def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:
-    """A future resolved by the pool's own events as soon as ``predicate(stats)`` holds."""
-    fut = asyncio.get_running_loop().create_future()
+    """A future resolved by the pool's own events as soon as ``predicate(stats)`` holds.
 
-    def check(stats) -> None:
-        if predicate(stats) and not fut.done():
+    Subscribers run on a callback thread, so the future is resolved through the loop.
+    """
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def resolve(stats) -> None:
+        if not fut.done():
             fut.set_result(stats)
 
-    check(pool.stats())
+    def check(stats) -> None:
+        if predicate(stats):
+            loop.call_soon_threadsafe(resolve, stats)
+
+    if predicate(pool.stats()):
+        resolve(pool.stats())
     unsubscribe = pool.subscribe(check)
     fut.add_done_callback(lambda _: unsubscribe())
     return fut
@@ -24,10 +33,11 @@ def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:
 async def started_marker(pool: AsyncKernelPool, code: str, session: str | None, marker: str = "started"):
     """Run ``code`` (which prints ``marker`` first) in a task; return the task once the marker arrived."""
     seen = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    def on_output(out) -> None:
+    def on_output(out) -> None:  # runs on a callback thread
         if out.get("text", "").startswith(marker):
-            seen.set()
+            loop.call_soon_threadsafe(seen.set)
 
     task = asyncio.ensure_future(pool.execute(code, session=session, on_output=on_output))
     await asyncio.wait_for(seen.wait(), 30)
