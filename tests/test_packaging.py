@@ -6,12 +6,17 @@ one fresh venv and the sdist, with Node hidden from PATH, into another. In each 
 what a user relies on: the prebuilt extension enabled, ``%load_ext jupyter_sessionpool``,
 ``py.typed``, the license and the ``jupyter-sessionpool`` script.
 
-To stay fast the package goes in with ``--no-deps``, and only afterwards a ``.pth`` file
-lets the venv import its dependencies (JupyterLab, IPython, jupyter_client...) from the
-venv running this test. A plain path in a ``.pth`` file is not a site directory, so the
-test venv's own editable install of jupyter_sessionpool is not picked up; each check also
-asserts that what it found lives inside the fresh venv. Minutes long, and it needs PyPI
-(the isolated build environments) and the npm registry (``jlpm install``).
+To stay fast:
+- ``python -m build`` runs ``--no-isolation`` with the build tools of the venv running this
+  test (the test extra has them), instead of installing JupyterLab into two throwaway build
+  environments. The sdist's install below is a user's ``pip install``, isolation and all.
+- The package goes in with ``--no-deps``, and only afterwards a ``.pth`` file lets the venv
+  import its dependencies (JupyterLab, IPython, jupyter_client...) from the venv running
+  this test. A plain path in a ``.pth`` file is not a site directory, so that venv's own
+  editable install of jupyter_sessionpool is not picked up; each check also asserts that
+  what it found lives inside the fresh venv.
+Still a minute or more, and it needs PyPI (the sdist's build environment) and the npm
+registry (``jlpm install``).
 """
 
 from __future__ import annotations
@@ -92,7 +97,11 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
     assert not (src / "jupyter_sessionpool" / "labextension").exists(), "the copy must lack the built extension"
 
     start = time.monotonic()
-    log = run([sys.executable, "-m", "build", "--outdir", base / "dist", src], cwd=base)
+    tools = clean_env(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # jlpm
+        YARN_ENABLE_GLOBAL_CACHE="1",  # keep the npm packages for the next run, not in the copy
+    )
+    log = run([sys.executable, "-m", "build", "--no-isolation", "--outdir", base / "dist", src], cwd=base, env=tools)
     print(f"python -m build: {time.monotonic() - start:.0f} s")
     (sdist,) = (base / "dist").glob("*.tar.gz")
     (wheel,) = (base / "dist").glob("*.whl")
