@@ -6,17 +6,14 @@ one fresh venv and the sdist, with Node hidden from PATH, into another. In each 
 what a user relies on: the prebuilt extension enabled, ``%load_ext jupyter_sessionpool``,
 ``py.typed``, the license and the ``jupyter-sessionpool`` script.
 
-To stay fast:
-- ``python -m build`` runs ``--no-isolation`` with the build tools of the venv running this
-  test (the test extra has them), instead of installing JupyterLab into two throwaway build
-  environments. The sdist's install below is a user's ``pip install``, isolation and all.
-- The package goes in with ``--no-deps``, and only afterwards a ``.pth`` file lets the venv
-  import its dependencies (JupyterLab, IPython, jupyter_client...) from the venv running
-  this test. A plain path in a ``.pth`` file is not a site directory, so that venv's own
-  editable install of jupyter_sessionpool is not picked up; each check also asserts that
-  what it found lives inside the fresh venv.
-Still a minute or more, and it needs PyPI (the sdist's build environment) and the npm
-registry (``jlpm install``).
+To stay fast, the fresh venvs have no pip of their own (this venv's pip installs into them
+with ``--python``) and the package goes in with ``--no-deps``; only afterwards a ``.pth``
+file lets each venv import the dependencies (JupyterLab, IPython, jupyter_client...) from
+the venv running this test. A plain path in a ``.pth`` file is not a site directory, so
+that venv's own editable install of jupyter_sessionpool is not picked up; each check also
+asserts that what it found lives inside the fresh venv. The builds are a user's, build
+isolation and all: they need PyPI (the build environments) and the npm registry
+(``jlpm install``).
 """
 
 from __future__ import annotations
@@ -97,11 +94,8 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
     assert not (src / "jupyter_sessionpool" / "labextension").exists(), "the copy must lack the built extension"
 
     start = time.monotonic()
-    tools = clean_env(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # jlpm
-        YARN_ENABLE_GLOBAL_CACHE="1",  # keep the npm packages for the next run, not in the copy
-    )
-    log = run([sys.executable, "-m", "build", "--no-isolation", "--outdir", base / "dist", src], cwd=base, env=tools)
+    env = clean_env(YARN_ENABLE_GLOBAL_CACHE="1")  # keep the npm packages for the next run, not in the copy
+    log = run([sys.executable, "-m", "build", "--outdir", base / "dist", src], cwd=base, env=env)
     print(f"python -m build: {time.monotonic() - start:.0f} s")
     (sdist,) = (base / "dist").glob("*.tar.gz")
     (wheel,) = (base / "dist").glob("*.whl")
@@ -109,13 +103,13 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
 
 
 def fresh_venv(root: Path, install: Path, path: str) -> Venv:
-    """A new venv with ``install`` (a wheel or an sdist) pip-installed alone, then given the
-    test venv's site-packages as a plain path for the dependencies."""
+    """A new venv with ``install`` (a wheel or an sdist) pip-installed alone, with ``path``
+    as PATH, then given the test venv's site-packages as a plain path for the dependencies."""
     venv = Venv(root)
-    run([sys.executable, "-m", "venv", root], cwd=root.parent)
+    run([sys.executable, "-m", "venv", "--without-pip", root], cwd=root.parent)
     env = clean_env(PATH=f"{root / 'bin'}{os.pathsep}{path}")
     start = time.monotonic()
-    run([venv.python, "-m", "pip", "install", "--no-deps", install], cwd=root.parent, env=env)
+    run([sys.executable, "-m", "pip", "--python", venv.python, "install", "--no-deps", install], cwd=root.parent, env=env)
     print(f"pip install {install.name}: {time.monotonic() - start:.0f} s")
     (venv.site_packages() / "_test_venv_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     return venv
@@ -152,7 +146,17 @@ def sdist_venv(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Venv:
 def check_installed(venv: Venv) -> None:
     """What a user of the installed package relies on, found inside ``venv`` itself."""
     site = venv.site_packages()
-    package = Path(run([venv.python, "-c", "import jupyter_sessionpool; print(jupyter_sessionpool.__file__)"], cwd=venv.root).strip())
+    probe = run([venv.python, "-c", (
+        "import jupyter_sessionpool\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'jupyter_sessionpool')\n"
+        "magics = ip.magics_manager.magics\n"
+        "print('package:', jupyter_sessionpool.__file__)\n"
+        "print('magics:', 'pool' in magics['line'], 'pool' in magics['cell'])\n"
+    )], cwd=venv.root)
+    assert "magics: True True" in probe, f"%load_ext jupyter_sessionpool did not add %pool and %%pool:\n{probe}"
+    package = Path(re.search(r"^package: (.+)$", probe, re.M)[1])
     assert package == site / "jupyter_sessionpool" / "__init__.py", f"imported from {package}, not the fresh venv"
     assert (package.parent / "py.typed").is_file()
 
@@ -176,15 +180,6 @@ def check_installed(venv: Venv) -> None:
         elif re.fullmatch(rf"\s+jupyter-sessionpool v{re.escape(VERSION)} enabled OK \(python, jupyter_sessionpool\)", line):
             found_in.append(directory)
     assert found_in == [ours], f"the extension should be enabled and OK under {ours} alone:\n{listing}"
-
-    magics = run([venv.python, "-c", (
-        "from IPython.core.interactiveshell import InteractiveShell\n"
-        "ip = InteractiveShell.instance()\n"
-        "ip.run_line_magic('load_ext', 'jupyter_sessionpool')\n"
-        "print(sorted(n for n in ip.magics_manager.magics['cell'] if n == 'pool'),"
-        " sorted(n for n in ip.magics_manager.magics['line'] if n == 'pool'))\n"
-    )], cwd=venv.root)
-    assert "['pool'] ['pool']" in magics, magics
 
 
 def test_build_runs_the_js_build_once(dists: Dists) -> None:
