@@ -55,5 +55,7 @@ soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load,
 	JSP_KILL_ROUNDS=50 $(BIN)/python -m pytest tests/test_faults.py -k kill_rounds -p no:cacheprovider -q -s
 	$(BIN)/python bench/soak.py
 
+# The built extension goes too: a build finding it ships it as it is (skip-if-exists), so the
+# next `python -m build` after `make clean` makes the extension afresh from labextension/src.
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info jupyter_sessionpool/labextension labextension/lib labextension/*.tsbuildinfo
