@@ -3,27 +3,35 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# A heading before each setup step, so that a long one is never silent: $(say) "what happens"
+say     := @printf '\n==> %s\n'
 
 .PHONY: demo test test-fast lab bench soak chromium clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e ".[test]"
+	@test -x $(BIN)/python || { printf '\n==> %s\n' "Creating $(VENV) with $(PY)"; $(PY) -m venv $(VENV); }
+	$(say) "Updating pip in $(VENV)"
+	$(BIN)/pip install -U pip
+	$(say) "Installing jupyter_sessionpool and its dependencies into $(VENV) (about a minute; building the JupyterLab extension)"
+	$(BIN)/pip install -e ".[test]"
 	touch $(STAMP)
+	$(say) "$(VENV) is ready"
 
 demo: $(STAMP)  ## four sessions run a one-second cell at once
+	$(say) "Running examples/demo.py: four sessions, four kernels, one-second cells at once"
 	$(BIN)/python examples/demo.py
 
 chromium:  ## Debian's Chromium for the browser tests (installed as root when missing)
-	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null || { printf '\n==> %s\n' "Installing Debian's Chromium for the browser tests"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium  ## the whole suite: lint, real kernels, real JupyterLab, real Chromium
+test: $(STAMP) chromium  ## the whole suite: lint, real kernels, packaging, real JupyterLab, real Chromium
+	$(say) "Linting with ruff"
 	$(BIN)/ruff check jupyter_sessionpool tests bench examples
+	$(say) "Running the test suite (a few minutes)"
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)  ## everything but the browser tests
-	$(BIN)/python -m pytest -m "not browser"
+test-fast: $(STAMP)  ## everything but the browser tests and the packaging build
+	$(BIN)/python -m pytest -m "not browser and not packaging"
 
 lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
 	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=examples $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -32,11 +40,12 @@ lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to tr
 # never disturb the shared .venv and its browser tests; pinned to .venv's versions.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml $(STAMP)
-	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	@test -x $(BENCH_VENV)/bin/python || { printf '\n==> %s\n' "Creating $(BENCH_VENV) for the benchmark peers"; $(PY) -m venv $(BENCH_VENV); }
 	echo '*' > $(BENCH_VENV)/.gitignore
 	$(BIN)/pip freeze --exclude-editable > $(BENCH_VENV)/constraints.txt
-	$(BENCH_VENV)/bin/pip install -q -U pip
-	SKIP_JUPYTER_BUILDER=1 $(BENCH_VENV)/bin/pip install -q -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
+	$(BENCH_VENV)/bin/pip install -U pip
+	$(say) "Installing jupyter_sessionpool with ipyparallel and jupyter_kernel_gateway into $(BENCH_VENV)"
+	SKIP_JUPYTER_BUILDER=1 $(BENCH_VENV)/bin/pip install -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed  ## the pool against raw jupyter_client and its peers (~10 min); writes docs/benchmarks.md
@@ -46,5 +55,7 @@ soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load,
 	JSP_KILL_ROUNDS=50 $(BIN)/python -m pytest tests/test_faults.py -k kill_rounds -p no:cacheprovider -q -s
 	$(BIN)/python bench/soak.py
 
+# The built extension goes too: a build finding it ships it as it is (skip-if-exists), so the
+# next `python -m build` after `make clean` makes the extension afresh from labextension/src.
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info jupyter_sessionpool/labextension labextension/lib labextension/*.tsbuildinfo
