@@ -211,11 +211,6 @@ def test_sdist_installs_without_node(sdist_venv: Venv) -> None:
     check_installed(sdist_venv)
 
 
-@pytest.mark.xfail(
-    not (ROOT / "jupyter_sessionpool" / "cli.py").exists(),
-    reason="jupyter_sessionpool/cli.py (the command behind the entry point) comes from issue 13's CLI branch",
-    strict=True,
-)
 def test_console_script_prints_version(wheel_venv: Venv) -> None:
     env = clean_env(PATH=f"{wheel_venv.root / 'bin'}{os.pathsep}{os.environ['PATH']}")
     assert VERSION in run([wheel_venv.root / "bin" / "jupyter-sessionpool", "--version"], cwd=wheel_venv.root, env=env)
