@@ -148,7 +148,7 @@ class Books:
         self.counters["start_failures"] += 1
         self._failures += 1
         fx = Effects()
-        if self._failures > self.start_retries:
+        if self._failures > self.start_retries or not getattr(error, "retryable", True):
             if isinstance(error, KernelStartError):
                 error.attempts = self._failures
             for w in [w for w in self.waiters if self._needs_new_kernel(w)]:
