@@ -156,6 +156,7 @@ class Proxy:
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task] = set()
 
     @property
     def url(self) -> str:
@@ -167,6 +168,14 @@ class Proxy:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._serving.add(task)
+        try:
+            await self._pipe(reader, writer)
+        finally:
+            self._serving.discard(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -195,7 +204,9 @@ class Proxy:
         return len(conns) // 2
 
     async def close(self) -> None:
-        self.cut()
         if self._server is not None:
             self._server.close()
+        self.cut()
+        await asyncio.gather(*self._serving, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
