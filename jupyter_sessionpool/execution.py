@@ -1,84 +1,120 @@
 """Running one cell on a held kernel: send execute_request, gather outputs, end on reply + idle.
 
-Called only by the lease holder, never by the pool's bookkeeping. Timeouts escalate:
-interrupt, then give up on the kernel if it is still busy after ``interrupt_timeout``.
+Called only by the lease holder (or the recovery task that takes an abandoned cell over),
+never by the pool's bookkeeping. It speaks to the kernel only through the worker interface:
+the request's messages arrive through the worker's reader, so a cell abandoned by its
+caller is still followed to its end by whoever reads on. Timeouts escalate: interrupt, then
+give up on the kernel if it is still busy after ``interrupt_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
 
+from ._handoff import Handoff
 from .errors import ExecutionTimeout, KernelDied, ProtocolError
 from .results import ExecutionResult, OutputCallback, _Outputs
-from .workers.local import Inbox, KernelExited, PooledKernel
+from .workers.base import KernelExited, KernelWorker
 
 IDLE_GRACE = 5.0
 """Seconds of iopub silence after the execute_reply before a cell counts as done without its idle.
 
-IOPub is ZeroMQ PUB/SUB: a cell that floods output faster than it is read loses messages at the
-kernel's high-water mark, the final ``status: idle`` among them. The reply (on shell) is never
+IOPub is ZeroMQ PUB/SUB: a kernel whose send queue overflows (one we could not tune, a loaded
+machine) drops messages, the final ``status: idle`` among them. The reply (on shell) is never
 dropped, so once it is in and the cell's iopub has gone quiet, waiting longer would wedge the session.
 """
 
+SETTLE = 0.25
+"""Seconds an abandoned cell (or a kernel driven directly through ``Lease.client``) gets to end
+on its own before it is interrupted: an interrupt landing just as a cell ends can lose its
+idle or kill the kernel, and most abandoned cells are about to end anyway."""
+
 
 class Execution:
-    """One execute_request in flight on a kernel, followed to its reply and final idle."""
+    """One execute_request in flight on a kernel, followed to its reply and final idle.
+
+    ``on_output`` is handed off (see :mod:`._handoff`): it runs on a callback thread, in
+    order, and :func:`run` returns only after every call for this cell has run.
+    """
 
     def __init__(
         self,
-        kernel: PooledKernel,
+        worker: KernelWorker,
         code: str,
         on_output: OutputCallback | None = None,
         max_output_size: int = 0,
         store_history: bool = True,
     ) -> None:
-        self.kernel = kernel
+        self.worker = worker
         self.started = time.monotonic()
-        self.msg_id: str = kernel.client.execute(
-            code, store_history=store_history, allow_stdin=False, stop_on_error=False
-        )
         self.reply: dict[str, Any] | None = None
         self.idle = False
+        self.abandoned = False
         self._heard = self.started  # when this cell's last message arrived
-        self.outputs = _Outputs(on_output, max_output_size)
+        self._loop = asyncio.get_running_loop()
+        self.handoff = Handoff(on_output, self._callback_failed) if on_output is not None else None
+        self.outputs = _Outputs(self.handoff.put if self.handoff else None, max_output_size)
+        content = {"code": code, "silent": False, "store_history": store_history, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": False}
+        self.request = worker.request("execute_request", content)
+        self.msg_id = self.request.msg_id
 
     @property
     def done(self) -> bool:
         return self.reply is not None and self.idle
 
-    async def follow(self, deadline: float | None) -> bool:
+    def _callback_failed(self, error: BaseException) -> None:
+        """on_output raised (on its thread): end the caller's wait with that error."""
+        self._loop.call_soon_threadsafe(self._interject, error)
+
+    def _interject(self, error: BaseException) -> None:
+        if not self.abandoned:
+            self.request.interject(error)
+
+    async def follow(self, deadline: float | None, idle_ends: bool = False) -> bool:
         """Read this cell's messages until it is done (True) or ``deadline`` passes (False).
 
-        Raises KernelExited if the kernel dies, ProtocolError on a malformed reply.
+        With ``idle_ends`` the cell's own ``idle`` ends it even without a reply (an interrupt
+        that lands between the last output and the reply makes ipykernel skip the reply).
+        Raises KernelExited if the kernel dies, ProtocolError on a malformed message.
         """
-        inbox = Inbox(self.kernel)
-        try:
-            while not self.done:
-                wait_until = deadline
-                if self.reply is not None:  # only the idle is missing: give up on it once iopub goes quiet
-                    wait_until = min(deadline or math.inf, self._heard + IDLE_GRACE)
-                got = await inbox.next(wait_until)
-                if got is None:
-                    if self.reply is None or time.monotonic() < self._heard + IDLE_GRACE:
-                        return False
-                    self.outputs.note_lost_idle()
-                    self.idle = True
-                    break
-                channel, msg = got
-                if msg.get("parent_header", {}).get("msg_id") != self.msg_id:
-                    continue  # a stale message from an earlier request
-                self._heard = time.monotonic()
-                if channel == "shell":
-                    if msg["msg_type"] != "execute_reply":
-                        raise ProtocolError(f"expected execute_reply, got {msg['msg_type']!r}")
-                    self.reply = msg
-                elif self.outputs.handle(msg):
-                    self.idle = True
-            return True
-        finally:
-            inbox.close()
+        while not (self.done or (idle_ends and self.idle)):
+            wait_until = deadline
+            if self.reply is not None:  # only the idle is missing: give up on it once iopub goes quiet
+                wait_until = min(deadline or math.inf, self._heard + IDLE_GRACE)
+            got = await self.request.next(wait_until)
+            if got is None:
+                if self.reply is None or time.monotonic() < self._heard + IDLE_GRACE:
+                    return False
+                self.outputs.note_lost_idle()
+                self.idle = True
+                break
+            channel, msg = got
+            self._heard = time.monotonic()
+            if channel == "shell":
+                if msg.get("msg_type") != "execute_reply" or not isinstance(msg.get("content"), dict):
+                    raise ProtocolError(f"expected an execute_reply on shell, got {msg.get('msg_type')!r}")
+                self.reply = msg
+                continue
+            try:
+                idle = self.outputs.handle(msg)
+            except Exception as exc:  # a message of the right type with the wrong content
+                raise ProtocolError(
+                    f"kernel {self.worker.kernel_id[:8]} sent a malformed {msg.get('msg_type')!r} "
+                    f"message ({type(exc).__name__}: {exc}); it was discarded"
+                ) from exc
+            self.idle = self.idle or idle
+        return True
+
+    async def flush(self) -> None:
+        """Wait until every on_output call for this cell has run; re-raise what one raised."""
+        if self.handoff is not None:
+            await self.handoff.flush()
+            if self.handoff.error is not None:
+                raise self.handoff.error
 
     def result(self, session: str | None) -> ExecutionResult:
         """The result so far (complete once ``done``)."""
@@ -93,7 +129,7 @@ class Execution:
             outputs=self.outputs.outputs,
             error=error,
             session=session,
-            kernel_id=self.kernel.kernel_id,
+            kernel_id=self.worker.kernel_id,
             duration=time.monotonic() - self.started,
             truncated=self.outputs.truncated,
         )
@@ -108,25 +144,72 @@ async def run(
     """Follow ``execution`` to the end, escalating on timeout; the lease holder awaits this.
 
     Raises KernelDied (kernel exited), ExecutionTimeout (``restarted`` says whether the
-    kernel must be replaced) or ProtocolError.
+    kernel must be replaced), ProtocolError, or what an ``on_output`` callback raised.
     """
-    kernel = execution.kernel
+    worker = execution.worker
     try:
         deadline = None if timeout is None else execution.started + timeout
         if await execution.follow(deadline):
+            await execution.flush()
             return execution.result(session)
-        await kernel.interrupt()
-        stopped = await execution.follow(time.monotonic() + interrupt_timeout)
+        await worker.interrupt()
+        stopped = await execution.follow(time.monotonic() + interrupt_timeout, idle_ends=True)
         raise ExecutionTimeout(session, timeout or 0.0, restarted=not stopped, result=execution.result(session))
     except KernelExited:
-        raise KernelDied(kernel.kernel_id, session, execution.result(session)) from None
+        raise KernelDied(worker.kernel_id, session, execution.result(session)) from None
+    finally:
+        if execution.idle:  # ended: what still comes for it is orphan output; else recovery reads on
+            execution.request.close()
+
+
+async def probe(worker: KernelWorker, timeout: float) -> bool:
+    """Ask ``kernel_info`` through the reader: True if answered within ``timeout`` (shell is free).
+
+    Shell requests are answered in order, so the answer also says that whatever ran before it ended.
+    """
+    request = worker.request("kernel_info_request", {})
+    try:
+        deadline = time.monotonic() + timeout
+        while (got := await request.next(deadline)) is not None:
+            if got[0] == "shell":
+                return True
+        return False
+    finally:
+        request.close()
 
 
 async def stop(execution: Execution, interrupt_timeout: float) -> bool:
-    """Interrupt an abandoned cell and wait for it to end; True if the kernel is free again."""
+    """Take over an abandoned cell and end it; True if the kernel is free again.
+
+    The cell gets a moment to end on its own, then is interrupted; a kernel whose cell
+    ended without a trace (its idle lost) is probed with ``kernel_info`` before it is given up.
+    """
+    execution.abandoned = True
+    execution.request.interject(None)
     execution.outputs.on_output = None  # its caller is gone; so is any interest in the output
     try:
-        await execution.kernel.interrupt()
-        return await execution.follow(time.monotonic() + interrupt_timeout)
+        if await execution.follow(time.monotonic() + SETTLE, idle_ends=True):
+            return True
+        await execution.worker.interrupt()
+        if await execution.follow(time.monotonic() + interrupt_timeout, idle_ends=True):
+            return True
+        return await probe(execution.worker, interrupt_timeout)
+    except (KernelExited, ProtocolError):
+        return False
+    finally:
+        execution.request.close()
+
+
+async def quiesce(worker: KernelWorker, interrupt_timeout: float) -> bool:
+    """Free a kernel its holder drove directly (``Lease.client``); True if it is free again.
+
+    A ``kernel_info`` probe is answered once whatever the holder sent has ended; if it is
+    not answered soon, the kernel is interrupted and probed again.
+    """
+    try:
+        if await probe(worker, SETTLE):
+            return True
+        await worker.interrupt()
+        return await probe(worker, interrupt_timeout)
     except (KernelExited, ProtocolError):
         return False

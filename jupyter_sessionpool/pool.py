@@ -9,63 +9,24 @@ cell never delays another session's checkout, execution or check-in.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import functools
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-import zmq
-import zmq.asyncio
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from traitlets import observe
 
 from . import execution
+from ._handoff import Handoff
 from ._state import Books, Effects, KernelState, Slot, Waiter
 from .config import PoolSettings, check_session, check_timeout
 from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError
 from .results import ExecutionResult, OutputCallback
-from .workers.local import PooledKernel
 from .stats import PoolStats, snapshot
+from .workers.base import KernelWorker, Workers
+from .workers.local import LocalWorkers
 
 Subscriber = Callable[[PoolStats], Any]
 _UNSET: Any = object()
-
-
-def reap_runtime_dirs() -> None:
-    """Remove runtime directories left by pools whose process died (e.g. by SIGKILL).
-
-    Their kernels died with them; what remains is connection files and sockets, harmless
-    (0600 in a 0700 directory) but clutter. A directory is ``jsp-<pid>-*`` in the temp dir.
-    """
-    for path in Path(tempfile.gettempdir()).glob("jsp-*-*"):
-        pid = path.name.split("-")[1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
-
-
-def check_kernelspec(name: str) -> None:
-    """Raise ValueError naming the problem if ``name`` is not a usable kernelspec (missing, unreadable, no argv)."""
-    ksm = KernelSpecManager()
-    try:
-        spec = ksm.get_kernel_spec(name)
-    except NoSuchKernel:
-        installed = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
-        raise ValueError(f"no kernelspec named {name!r}; installed: {installed}") from None
-    except Exception as exc:  # unreadable kernel.json: name the file, not just the parser's complaint
-        where = ksm.find_kernel_specs().get(name, "?")
-        raise ValueError(f"kernelspec {name!r} cannot be read ({where}/kernel.json): {exc}") from None
-    if not spec.argv and not spec.metadata.get("kernel_provisioner"):
-        raise ValueError(f"kernelspec {name!r} has an empty argv: there is no command to start its kernels")
+_SUBSCRIBER_BACKLOG = 1000  # snapshots kept for a subscriber slower than the pool's changes (oldest dropped)
 
 
 class Lease:
@@ -73,17 +34,20 @@ class Lease:
 
     The holder runs code with :meth:`execute` (or talks to :attr:`client` directly) and
     waits for replies itself. On exit the kernel is checked in; if the block was left
-    mid-cell (cancelled, or an exception from ``on_output``) the cell is interrupted first,
-    and a kernel that died, timed out past its interrupt or broke protocol is discarded.
+    mid-cell (cancelled, or an exception from ``on_output``) the cell is followed on by a
+    recovery task, given a moment to end and interrupted if it does not; a kernel the
+    holder drove through :attr:`client` is probed the same way before anyone else gets it.
+    A kernel that died, timed out past its interrupt or broke protocol is discarded.
     """
 
     def __init__(self, pool: AsyncKernelPool, slot: Slot) -> None:
         self._pool = pool
         self._slot = slot
-        self._kernel: PooledKernel = slot.handle
+        self._worker: KernelWorker = slot.handle
         self._inflight: execution.Execution | None = None
         self._discard: str | None = None
         self._returned = False
+        self._raw = False  # the holder was given the client and may have sent requests itself
 
     @property
     def kernel_id(self) -> str:
@@ -95,12 +59,18 @@ class Lease:
 
     @property
     def pid(self) -> int | None:
-        return self._kernel.pid
+        return self._worker.pid
 
     @property
     def client(self) -> Any:
-        """The kernel's ``jupyter_client`` AsyncKernelClient (use it on the pool's event loop)."""
-        return self._kernel.client
+        """The kernel's ``jupyter_client`` AsyncKernelClient (use it on the pool's event loop).
+
+        None for kernels without one (remote kernels). Whatever you send through it is
+        yours to wait for; on check-in the pool probes the kernel and interrupts a cell
+        you left running, so the next holder gets a free kernel.
+        """
+        self._raw = True
+        return self._worker.client
 
     async def execute(
         self,
@@ -128,10 +98,10 @@ class Lease:
             raise PoolError("this lease is already running a cell; wait for it or use another session")
         if timeout is None:
             timeout = self._pool.execution_timeout
-        if self._discard is not None or not self._kernel.alive:
+        if self._discard is not None or not self._worker.alive:
             raise KernelDied(self.kernel_id, self.session)
         run = self._inflight = execution.Execution(
-            self._kernel, code, on_output, self._pool.max_output_size, store_history
+            self._worker, code, on_output, self._pool.max_output_size, store_history
         )
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
@@ -155,17 +125,22 @@ class Lease:
 
     async def interrupt(self) -> None:
         """Interrupt the cell running on this kernel."""
-        await self._kernel.interrupt()
+        await self._worker.interrupt()
 
     def _return(self) -> None:
         """Give the kernel back (sync: runs even while the holder is being cancelled)."""
         if self._returned:
             return
         self._returned = True
-        if self._discard is None and self._inflight is not None:
+        driven = self._raw or self._worker.router.execution_state == "busy"
+        if self._discard is None and (self._inflight is not None or driven):
             self._pool._recover(self._slot, self._inflight)
         else:
             self._pool._checkin(self._slot, self._discard)
+
+    def __repr__(self) -> str:
+        state = "returned" if self._returned else "busy" if self._inflight is not None else "idle"
+        return f"<Lease session={self.session!r} kernel={self.kernel_id[:8]!r} {state}>"
 
 
 class _Checkout:
@@ -195,12 +170,10 @@ class AsyncKernelPool(PoolSettings):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_kernelspec(self.kernel_name)
+        self._workers: Workers = self._make_workers()
         self._books = Books(self.max_kernels, self.min_idle, self.start_retries, time.monotonic)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dir: Path | None = None
-        self._context: zmq.asyncio.Context | None = None
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: list[Handoff] = []
         self._tasks: dict[Slot, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry: asyncio.TimerHandle | None = None
@@ -216,14 +189,7 @@ class AsyncKernelPool(PoolSettings):
         if self._loop is not None:
             return self
         self._loop = asyncio.get_running_loop()
-        reap_runtime_dirs()
-        self._dir = Path(tempfile.mkdtemp(prefix=f"jsp-{os.getpid()}-"))  # 0700; short: ipc paths < 107 bytes
-        self._remove_dir = functools.partial(shutil.rmtree, self._dir, ignore_errors=True)
-        atexit.register(self._remove_dir)
-        self._context = zmq.asyncio.Context()
-        # No receive limit: at zmq's default (1,000 messages) a flooding cell lost most of its
-        # output. Memory stays bounded by the per-result cap and by the kernel's own send limit.
-        self._context.setsockopt(zmq.RCVHWM, 0)
+        await self._workers.open()
         self._apply(self._books.settle())
         return self
 
@@ -256,9 +222,7 @@ class AsyncKernelPool(PoolSettings):
             self._fail_ready(PoolClosed())
             while self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            self._context.destroy(linger=0)
-            self._remove_dir()
-            atexit.unregister(self._remove_dir)
+            await self._workers.close()
             self._closed.set_result(None)
         await self._closed
 
@@ -354,14 +318,25 @@ class AsyncKernelPool(PoolSettings):
         return snapshot(self._books, self.kernel_name)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback(stats)`` on the pool's loop after every change; returns the unsubscribe."""
+        """Call ``callback(stats)`` after every change; returns the unsubscribe.
+
+        The callback runs on a ``jupyter-sessionpool-callback`` thread, never on the pool's
+        loop, one call at a time and in order, so a slow one delays nothing but itself (it
+        may fall behind: past 1,000 pending snapshots the oldest are dropped). An exception
+        it raises is logged. Snapshots queued before the unsubscribe are still delivered.
+        """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        self._subscribers.append(callback)
+
+        def failed(exc: BaseException) -> None:
+            self.log.error("pool subscriber %r failed", callback, exc_info=exc)
+
+        handoff = Handoff(callback, failed, keep_going=True, limit=_SUBSCRIBER_BACKLOG)
+        self._subscribers.append(handoff)
 
         def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
+            if handoff in self._subscribers:
+                self._subscribers.remove(handoff)
 
         return unsubscribe
 
@@ -398,11 +373,8 @@ class AsyncKernelPool(PoolSettings):
             self._ready_waiters.clear()
         if self._subscribers:
             stats = self.stats()
-            for callback in list(self._subscribers):
-                try:
-                    callback(stats)
-                except Exception:
-                    self.log.exception("pool subscriber %r failed", callback)
+            for handoff in self._subscribers:
+                handoff.put(stats)
 
     def _spawn(self, slot: Slot, coro: Any) -> None:
         previous = self._tasks.get(slot)
@@ -456,23 +428,19 @@ class AsyncKernelPool(PoolSettings):
 
     # ---- tasks that do the kernels' I/O ---------------------------------------------------
 
+    def _make_workers(self) -> Workers:
+        """The factory of this pool's kernel workers (local kernels through jupyter_client)."""
+        return LocalWorkers(self)
+
     async def _start(self, slot: Slot) -> None:
-        kernel = PooledKernel(
-            slot.kernel_id,
-            self.kernel_name,
-            self._dir,
-            self._context,
-            transport=self.transport,
-            env={str(k): str(v) for k, v in self.env.items()},
-            cwd=self.cwd,
-            on_exit=lambda _k: self._on_exit(slot),
-        )
-        slot.handle = kernel
+        worker = self._workers.new(slot.kernel_id)
+        slot.handle = worker
+        worker.exited.add_done_callback(lambda _: self._on_exit(slot))
         try:
-            await kernel.start(self.startup_timeout)
+            await worker.start(self.startup_timeout)
         except Exception as exc:
             error = exc if isinstance(exc, PoolError) else PoolError(str(exc))
-            self.log.warning("kernel %s failed to start: %s", slot.kernel_id, error)
+            self.log.warning("kernel %s failed to start: %s", slot.kernel_id[:8], error)
             self._apply(self._books.start_failed(slot, error))
             if self._books.prewarm_suspended:
                 self._fail_ready(error)
@@ -482,19 +450,41 @@ class AsyncKernelPool(PoolSettings):
     async def _stop(self, slot: Slot, now: bool) -> None:
         try:
             if slot.handle is not None:
-                await slot.handle.shutdown(self.shutdown_timeout, now=now)
+                await slot.handle.stop(self.shutdown_timeout, now=now)
         finally:
             self._apply(self._books.removed(slot))
 
     def _on_exit(self, slot: Slot) -> None:
         if slot.state in (KernelState.IDLE, KernelState.BUSY):
-            self.log.warning("kernel %s (session %s) died", slot.kernel_id, slot.session)
+            reason = slot.handle.exited.result()
+            self.log.warning("kernel %s (session %s) %s", slot.kernel_id[:8], slot.session, reason)
             self._apply(self._books.died(slot))
             self._spawn(slot, self._stop(slot, now=True))
 
-    def _recover(self, slot: Slot, run: execution.Execution) -> None:
+    def _recover(self, slot: Slot, run: execution.Execution | None) -> None:
+        """Free a kernel left mid-cell (``run``) or driven directly by its holder (None), then check it in.
+
+        Any failure on the way discards the kernel: recovery never leaves a slot busy.
+        """
+
         async def recover() -> None:
-            stopped = await execution.stop(run, self.interrupt_timeout)
-            self._checkin(slot, None if stopped else "its cell was abandoned and did not stop")
+            worker = slot.handle
+            try:
+                if run is not None:
+                    stopped = await execution.stop(run, self.interrupt_timeout)
+                else:
+                    stopped = await execution.quiesce(worker, self.interrupt_timeout)
+                discard = None if stopped else "its cell was abandoned and did not stop"
+            except Exception as exc:
+                discard = f"its recovery failed ({type(exc).__name__}: {exc})"
+            if discard is not None:
+                self.log.warning("discarding kernel %s (session %s): %s", slot.kernel_id[:8], slot.session, discard)
+            self._checkin(slot, discard)
 
         self._spawn(slot, recover())
+
+    def __repr__(self) -> str:
+        busy = sum(1 for s in self._books.slots.values() if s.state is KernelState.BUSY)
+        state = "closed" if self._books.closed else "running" if self._loop is not None else "unstarted"
+        return (f"<{type(self).__name__} kernel={self.kernel_name!r} kernels={len(self._books.slots)} "
+                f"busy={busy} max={self.max_kernels} {state}>")

@@ -51,7 +51,7 @@ class SyncLease:
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
-            self._client.stop_channels()
+            _close_flushed(self._client)
         self._pool._call(self._lease._return)
 
     @property
@@ -68,12 +68,19 @@ class SyncLease:
 
     @property
     def client(self) -> Any:
-        """A ``jupyter_client`` BlockingKernelClient on this kernel, made on first use."""
+        """A ``jupyter_client`` BlockingKernelClient on this kernel, made on first use (None if remote).
+
+        What you send through it before the block ends still reaches the kernel; on exit
+        the pool waits for (or interrupts) what you left running, see :attr:`Lease.client`.
+        """
         if self._client is None:
             from jupyter_client.blocking import BlockingKernelClient
 
+            source = self._pool._call(lambda: self._lease.client)
+            if source is None:
+                return None
             self._client = BlockingKernelClient()
-            self._client.load_connection_info(self._lease._kernel.km.get_connection_info())
+            self._client.load_connection_info(source.get_connection_info())
             self._client.start_channels(stdin=False, hb=False)
         return self._client
 
@@ -90,6 +97,25 @@ class SyncLease:
     def interrupt(self) -> None:
         """Interrupt the cell running on this kernel."""
         self._pool._run(self._lease.interrupt())
+
+    def __repr__(self) -> str:
+        return repr(self._lease).replace("<Lease", "<SyncLease", 1) if self._lease else "<SyncLease unentered>"
+
+
+_FLUSH_LINGER_MS = 1000
+
+
+def _close_flushed(client: Any) -> None:
+    """Stop a blocking client's channels without dropping what was just sent.
+
+    jupyter_client closes channel sockets with ``linger=0``, which discards a request still
+    queued in zmq (one sent just before the ``with`` block ended); closing them first with a
+    linger lets the request go out.
+    """
+    for channel in (client._shell_channel, client._control_channel):  # the properties would open new ones
+        if channel is not None and channel.socket is not None and not channel.socket.closed:
+            channel.socket.close(linger=_FLUSH_LINGER_MS)
+    client.stop_channels()
 
 
 class KernelPool(PoolSettings):

@@ -8,14 +8,23 @@ from jupyter_sessionpool import AsyncKernelPool
 
 
 def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:
-    """A future resolved by the pool's own events as soon as ``predicate(stats)`` holds."""
-    fut = asyncio.get_running_loop().create_future()
+    """A future resolved by the pool's own events as soon as ``predicate(stats)`` holds.
 
-    def check(stats) -> None:
-        if predicate(stats) and not fut.done():
+    Subscribers run on a callback thread, so the future is resolved through the loop.
+    """
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def resolve(stats) -> None:
+        if not fut.done():
             fut.set_result(stats)
 
-    check(pool.stats())
+    def check(stats) -> None:
+        if predicate(stats):
+            loop.call_soon_threadsafe(resolve, stats)
+
+    if predicate(pool.stats()):
+        resolve(pool.stats())
     unsubscribe = pool.subscribe(check)
     fut.add_done_callback(lambda _: unsubscribe())
     return fut

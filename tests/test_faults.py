@@ -295,7 +295,7 @@ def test_pool_process_sigkilled_mid_cell_leaves_nothing_usable(tmp_path):
             pool.submit(cell, session=s, on_output=lambda out: started.release())
         started.acquire(); started.acquire()
         pool.wait_ready(60)
-        print(pool._async._dir, *(k.pid for k in pool.stats().kernels), flush=True)
+        print(pool._async._workers.dir, *(k.pid for k in pool.stats().kernels), flush=True)
         threading.Event().wait()
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)

@@ -257,7 +257,7 @@ async def test_shutdown_stops_kernels_removes_files_and_closes(make_pool):
     pool = await make_pool(max_kernels=2, min_idle=2)
     await pool.wait_ready(timeout=60)
     pids = [k.pid for k in pool.stats().kernels]
-    runtime = pool._dir
+    runtime = pool._workers.dir
     assert sorted(p.suffix for p in runtime.iterdir() if p.suffix == ".json") == [".json", ".json"]
     await pool.shutdown()
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)

@@ -38,10 +38,10 @@ async def test_kernels_listen_only_on_ipc_or_loopback(make_pool, transport):
     pool = await make_pool(max_kernels=2, min_idle=2, transport=transport)
     await pool.wait_ready(timeout=60)
     for kernel in pool.stats().kernels:
-        info = connection_info(pool._dir, kernel.kernel_id)
+        info = connection_info(pool._workers.dir, kernel.kernel_id)
         listening = [c.laddr for c in psutil.Process(kernel.pid).net_connections("inet") if c.status == "LISTEN"]
         if transport == "ipc":
-            assert info["transport"] == "ipc" and Path(info["ip"]).parent == pool._dir
+            assert info["transport"] == "ipc" and Path(info["ip"]).parent == pool._workers.dir
         else:
             assert info["ip"] == "127.0.0.1"
         # with ipc, what remains is ipykernel's pipe for output of forked subprocesses (127.0.0.1, key-checked)
@@ -51,7 +51,7 @@ async def test_kernels_listen_only_on_ipc_or_loopback(make_pool, transport):
 async def test_connection_files_are_private_and_leave_with_their_kernel(make_pool):
     pool = await make_pool(max_kernels=2, min_idle=1)
     a = (await pool.execute("1", session="a")).kernel_id
-    runtime = pool._dir
+    runtime = pool._workers.dir
     assert stat.S_IMODE(runtime.stat().st_mode) & 0o777 == 0o700 and runtime.stat().st_uid == os.getuid()
     files = list(runtime.iterdir())
     for f in files:
@@ -74,7 +74,7 @@ def test_the_hmac_key_is_never_logged_or_shown(caplog):
     shown: list[str] = []
     with KernelPool(max_kernels=2, min_idle=1) as pool:
         pool.execute("x = 1", session="a")
-        keys = [json.loads(f.read_text())["key"] for f in pool._async._dir.glob("*.json")]
+        keys = [json.loads(f.read_text())["key"] for f in pool._async._workers.dir.glob("*.json")]
         assert len(keys) == 2 and all(len(key) >= 32 for key in keys)
         shown.append(json.dumps(pool.execute("1/0", session="a").to_dict()))
         with pytest.raises(ExecutionTimeout) as timeout:
@@ -95,7 +95,7 @@ def test_the_hmac_key_is_never_logged_or_shown(caplog):
             shown.append(json.dumps(widget._repr_mimebundle_(), default=repr))
         finally:
             widget.close()
-        shown += [slot.handle.stderr_tail() for slot in pool._async._books.slots.values() if slot.handle]
+        shown += [slot.handle.evidence() for slot in pool._async._books.slots.values() if slot.handle]
         assert pool.release("a")
     shown += [caplog.text, *(record.getMessage() for record in caplog.records)]
     assert len(caplog.records) > 0, "the pool logged something at DEBUG, so the search means something"

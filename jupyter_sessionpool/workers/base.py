@@ -50,6 +50,7 @@ class Request:
         self._queue: deque[tuple[str, Message]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        self._interjection: BaseException | None = None
         self._streak = 0
 
     def _put(self, channel: str, msg: Message) -> None:
@@ -59,6 +60,15 @@ class Request:
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
+        self._wake()
+
+    def interject(self, error: BaseException | None) -> None:
+        """Make the current (or next) :meth:`next` raise ``error`` once (None: withdraw it).
+
+        For a reason to stop reading that lives outside the kernel (a failing ``on_output``
+        callback); the messages stay queued, so whoever reads on (recovery) sees every one.
+        """
+        self._interjection = error
         self._wake()
 
     def _wake(self) -> None:
@@ -71,7 +81,12 @@ class Request:
         Raises the request's error (a ``ProtocolError`` for a malformed message) or
         :class:`KernelExited` once every message that arrived before the end was read.
         """
-        while not self._queue:
+        while True:
+            if self._interjection is not None:
+                error, self._interjection = self._interjection, None
+                raise error
+            if self._queue:
+                break
             self._streak = 0
             if self._error is not None:
                 raise self._error

@@ -1,27 +1,39 @@
-"""One pooled kernel: start it, prove it healthy, watch for its death, stop it.
+"""Kernels on this machine, through jupyter_client: any kernelspec, any provisioner.
 
-A :class:`PooledKernel` is driven by the task that holds it (a starting task, a lease
-holder, a stopping task), never by the pool's bookkeeping. Its exit is noticed the
-moment the process ends (a pidfd on the event loop, no polling), which is what lets a
-caller stuck mid-cell get ``KernelDied`` in milliseconds rather than at its timeout.
+:class:`LocalWorkers` owns what one pool's local kernels share: a private 0700 runtime
+directory (connection files, ipc sockets) and one zmq context. Each :class:`LocalWorker`
+launches its kernel with jupyter_client's manager and reads it with one reader: plain
+(non-asyncio) zmq sockets whose file descriptors the event loop watches
+(``loop.add_reader``). zmq's descriptor is edge-triggered, so the reader drains each socket
+until it is empty, re-checks after every send, and hands at most ``_BATCH`` messages to the
+:class:`~.base.Router` per loop callback before yielding: no future or task per message.
+Death is noticed the moment the process ends (a pidfd on the loop), or by polling where
+the system refuses pidfds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
+import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.session import Session
 
 from ..errors import KernelStartError, ProtocolError
+from .base import KernelExited, KernelWorker, Message, Request, Router, Workers
 
 # Kill the kernel if the process that launched it dies, even by SIGKILL: the kernel gets
 # SIGKILL from Linux itself. ipykernel's own parent poller (1 s) is the second line.
@@ -30,7 +42,53 @@ _DEATH_SIGNAL = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 _STDERR_TAIL_BYTES = 4000
 _IOPUB_RESEND = 0.25  # seconds to wait for iopub before re-sending kernel_info (slow joiner)
-_FAIR_SHARE = 16  # messages read back to back (already queued) before yielding to the event loop
+_BATCH = 64  # messages handed to the router per loop callback before yielding to other work
+_POLL_INTERVAL = 0.5  # seconds between liveness polls where no pidfd is available
+
+# ipykernel's IOPub socket drops messages past zmq's default send limit (1,000 queued) when
+# the pool's side is slower than a flooding cell (a loaded machine): 2.3% of a 100k-line
+# flood was lost that way. ipykernel has no setting for it, so lift the limit from inside,
+# on the kernel's IOPub thread (zmq sockets are not thread-safe). The pool reads all the
+# time, so the kernel-side queue stays short; results stay capped by ``max_output_size``.
+_LIFT_IOPUB_HWM = (
+    "(lambda t, z: t.schedule(lambda: t.socket.setsockopt(z.SNDHWM, 0)))"
+    "(get_ipython().kernel.iopub_thread, __import__('zmq'))"
+)
+
+log = logging.getLogger("jupyter_sessionpool")
+
+
+def check_kernelspec(name: str) -> None:
+    """Raise ValueError naming the problem if ``name`` is not a usable kernelspec (missing, unreadable, no argv)."""
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        installed = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        raise ValueError(f"no kernelspec named {name!r}; installed: {installed}") from None
+    except Exception as exc:  # unreadable kernel.json: name the file, not just the parser's complaint
+        where = ksm.find_kernel_specs().get(name, "?")
+        raise ValueError(f"kernelspec {name!r} cannot be read ({where}/kernel.json): {exc}") from None
+    if not spec.argv and not spec.metadata.get("kernel_provisioner"):
+        raise ValueError(f"kernelspec {name!r} has an empty argv: there is no command to start its kernels")
+
+
+def reap_runtime_dirs() -> None:
+    """Remove runtime directories left by pools whose process died (e.g. by SIGKILL).
+
+    Their kernels died with them; what remains is connection files and sockets, harmless
+    (0600 in a 0700 directory) but clutter. A directory is ``jsp-<pid>-*`` in the temp dir.
+    """
+    for path in Path(tempfile.gettempdir()).glob("jsp-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 class _PooledKernelManager(AsyncKernelManager):
@@ -43,175 +101,89 @@ class _PooledKernelManager(AsyncKernelManager):
         return cmd
 
 
-class KernelExited(Exception):
-    """Internal: the kernel process ended while we were waiting on it."""
+class LocalWorkers(Workers):
+    """The local kernels of one pool: their 0700 runtime directory and their one zmq context.
 
-
-class Inbox:
-    """Messages from a kernel's shell and iopub sockets, in arrival order per socket.
-
-    ``next()`` also returns early when the kernel exits, so nothing waits on a dead
-    kernel. Pending receives are cancelled on ``close()``; pyzmq then leaves unread
-    messages in the socket for the next reader.
+    ``settings`` is the pool (a PoolSettings): ``kernel_name``, ``transport``, ``env`` and
+    ``cwd`` are read when each kernel is made, so a changed setting applies to the next one.
     """
 
-    def __init__(self, kernel: PooledKernel) -> None:
-        self._kernel = kernel
-        self._session = kernel.client.session
-        self._socks = {"shell": kernel.client.shell_channel.socket, "iopub": kernel.client.iopub_channel.socket}
-        self._pending: dict[Any, str] = {}
-        self._streak = 0  # messages returned in a row without waiting on the event loop
+    def __init__(self, settings: Any) -> None:
+        check_kernelspec(settings.kernel_name)
+        self.settings = settings
+        self.dir: Path | None = None
+        self.context: zmq.Context[Any] | None = None
+        self.async_context: zmq.asyncio.Context | None = None  # the same context, for jupyter_client's own sockets
+        self._remove_dir: Any = None
 
-    def _arm(self, channel: str) -> None:
-        self._pending[self._socks[channel].recv_multipart()] = channel
+    async def open(self) -> None:
+        reap_runtime_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"jsp-{os.getpid()}-"))  # 0700; short: ipc paths < 107 bytes
+        self._remove_dir = functools.partial(shutil.rmtree, self.dir, ignore_errors=True)
+        atexit.register(self._remove_dir)
+        self.context = zmq.Context()
+        self.async_context = zmq.asyncio.Context.shadow(self.context.underlying)
 
-    async def next(self, deadline: float | None) -> tuple[str, dict[str, Any]] | None:
-        """The next (channel, message), or None when ``deadline`` (monotonic) passes first.
+    def new(self, kernel_id: str) -> LocalWorker:
+        return LocalWorker(self, kernel_id)
 
-        Raises KernelExited as soon as the kernel's process has ended.
-        """
-        exited = self._kernel.exited
-        while True:
-            if exited.done():
-                raise KernelExited(exited.result())
-            if not self._pending:
-                self._arm("shell")
-                self._arm("iopub")
-            for fut, channel in list(self._pending.items()):
-                if fut.done():
-                    self._streak += 1
-                    if self._streak >= _FAIR_SHARE:  # a flood never yields by itself: let other sessions run
-                        self._streak = 0
-                        await asyncio.sleep(0)
-                    return self._take(fut, channel)
-            self._streak = 0
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = await asyncio.wait([*self._pending, exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                return None
+    async def close(self) -> None:
+        if self.context is not None:
+            self.context.destroy(linger=0)
+        if self._remove_dir is not None:
+            self._remove_dir()
+            atexit.unregister(self._remove_dir)
 
-    def _take(self, fut: Any, channel: str) -> tuple[str, dict[str, Any]]:
-        del self._pending[fut]
-        if fut.cancelled() or fut.exception() is not None:
-            raise ProtocolError(f"kernel {self._kernel.kernel_id[:8]}'s {channel} socket failed: {fut!r}")
-        self._arm(channel)
-        frames = fut.result()
-        try:
-            _, parts = self._session.feed_identities(frames, copy=True)
-            return channel, self._session.deserialize(parts, content=True, copy=True)
-        except Exception as exc:
-            raise ProtocolError(f"kernel {self._kernel.kernel_id[:8]} sent an invalid message: {exc}") from exc
-
-    def close(self) -> None:
-        for fut in self._pending:
-            fut.cancel()
-        self._pending.clear()
+    def __repr__(self) -> str:
+        return f"<LocalWorkers kernel={self.settings.kernel_name!r} dir={str(self.dir)!r}>"
 
 
-class PooledKernel:
-    """A kernel process plus its async client, with an exit future the pool can watch."""
+class LocalWorker(KernelWorker):
+    """One local kernel process, its manager, and the reader that drains its sockets."""
 
-    def __init__(
-        self,
-        kernel_id: str,
-        kernel_name: str,
-        runtime_dir: Path,
-        context: zmq.asyncio.Context,
-        *,
-        transport: str = "ipc",
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        on_exit: Callable[[PooledKernel], None] | None = None,
-    ) -> None:
+    def __init__(self, workers: LocalWorkers, kernel_id: str) -> None:
+        settings = workers.settings
         self.kernel_id = kernel_id
-        self.kernel_name = kernel_name
-        self.pid: int | None = None
-        self._dir = runtime_dir
-        self._context = context
-        self._transport = transport
-        self._env = env or {}
-        self._cwd = cwd
-        self._on_exit = on_exit
-        self._log_path = runtime_dir / f"{kernel_id}.log"
+        self.kernel_name: str = settings.kernel_name
+        self.router = Router()
+        self._workers = workers
+        self._transport: str = settings.transport
+        self._env = {str(k): str(v) for k, v in settings.env.items()}
+        self._cwd: str | None = settings.cwd
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[str] = self._loop.create_future()
+        self._log_path = workers.dir / f"{kernel_id}.log"
         self._log: Any = None
+        self._pid: int | None = None
         self._pidfd: int | None = None
         self._poller: asyncio.Task[None] | None = None
-        self.km: _PooledKernelManager | None = None
-        self.client: Any = None
-        self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._km: _PooledKernelManager | None = None
+        self._client: Any = None
+        self._session: Session | None = None
+        self._sockets: list[tuple[str, zmq.Socket[Any]]] = []
+        self._draining = False  # a drain is scheduled on the loop
+        self._iopub_seen = False
+        self._started_at: float | None = None
 
-    # ---- start ------------------------------------------------------------------------
+    # ---- what the pool sees -----------------------------------------------------------------
 
-    async def start(self, timeout: float) -> None:
-        """Launch the kernel and return once it answered kernel_info and iopub is live.
+    @property
+    def pid(self) -> int | None:
+        return self._pid
 
-        Raises KernelStartError (with the kernel's stderr tail) on any failure, after
-        cleaning up whatever was started.
+    @property
+    def client(self) -> Any:
+        """An AsyncKernelClient of this kernel with its own sockets, made on first use.
+
+        The pool's reader keeps its own sockets; this one is for callers who speak the
+        protocol themselves (``Lease.client``).
         """
-        deadline = time.monotonic() + timeout
-        try:
-            await self._launch()
-            await self._health_check(deadline)
-        except asyncio.CancelledError:
-            await self.shutdown(now=True)
-            raise
-        except Exception as exc:
-            reason = self._failure_reason(exc)
-            stderr = self.stderr_tail()
-            await self.shutdown(now=True)
-            raise KernelStartError(self.kernel_name, reason, stderr) from exc
+        if self._client is None and self._km is not None:
+            self._client = self._km.client(context=self._workers.async_context)
+            self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+        return self._client
 
-    async def _launch(self) -> None:
-        km = _PooledKernelManager(
-            kernel_name=self.kernel_name,
-            context=self._context,
-            transport=self._transport,
-            connection_file=str(self._dir / f"{self.kernel_id}.json"),
-        )
-        if self._transport == "ipc":
-            km.ip = str(self._dir / self.kernel_id)  # a unique socket path per kernel: no collisions
-        self.km = km
-        self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in shutdown()
-        env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self._env}
-        extra = ["--HistoryManager.hist_file=:memory:"] if km.ipykernel else []
-        await km.start_kernel(
-            env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra
-        )
-        self.pid = getattr(km.provisioner, "pid", None)
-        self._watch_exit()
-        self.client = km.client(context=self._context)  # one zmq context (one I/O thread) per pool
-        self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-
-    async def _health_check(self, deadline: float) -> None:
-        """kernel_info must be answered on shell, and some iopub message seen (subscription live)."""
-        inbox = Inbox(self)
-        try:
-            self.client.kernel_info()
-            replied = iopub_live = False
-            while not (replied and iopub_live):
-                wait_until = deadline if not replied else min(deadline, time.monotonic() + _IOPUB_RESEND)
-                got = await inbox.next(wait_until)
-                if got is None:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError("no kernel_info reply within the startup timeout")
-                    self.client.kernel_info()  # iopub joined late: provoke another status message
-                    continue
-                channel, msg = got
-                if channel == "iopub":
-                    iopub_live = True
-                elif msg["msg_type"] == "kernel_info_reply":
-                    replied = True
-        finally:
-            inbox.close()
-
-    def _failure_reason(self, exc: BaseException) -> str:
-        if isinstance(exc, KernelExited):
-            return f"the kernel process exited with code {exc.args[0]} during start-up"
-        if isinstance(exc, TimeoutError):
-            return str(exc) or "timed out"
-        return f"{type(exc).__name__}: {exc}"
-
-    def stderr_tail(self) -> str:
+    def evidence(self) -> str:
         """The last few KB the kernel wrote to stdout/stderr (both go to one log)."""
         try:
             with open(self._log_path, "rb") as f:
@@ -221,19 +193,181 @@ class PooledKernel:
         except OSError:
             return ""
 
-    # ---- liveness -----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        state = "exited" if self.exited.done() else self.router.execution_state or "starting"
+        return f"<LocalWorker kernel={self.kernel_id[:8]!r} pid={self._pid} {state}>"
+
+    # ---- start --------------------------------------------------------------------------------
+
+    async def start(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        try:
+            await self._launch()
+            await self._health_check(deadline)
+        except asyncio.CancelledError:
+            await self.stop(0, now=True)
+            raise
+        except Exception as exc:
+            reason = self._failure_reason(exc)
+            stderr = self.evidence()
+            await self.stop(0, now=True)
+            raise KernelStartError(self.kernel_name, reason, stderr) from exc
+        self._started_at = time.monotonic()
+        log.info("kernel %s started (pid %s) in %.2f s", self.kernel_id[:8], self._pid, self._started_at - t0)
+
+    async def _launch(self) -> None:
+        km = _PooledKernelManager(
+            kernel_name=self.kernel_name,
+            context=self._workers.async_context,
+            transport=self._transport,
+            connection_file=str(self._workers.dir / f"{self.kernel_id}.json"),
+        )
+        if self._transport == "ipc":
+            km.ip = str(self._workers.dir / self.kernel_id)  # a unique socket path per kernel: no collisions
+        self._km = km
+        self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self._env}
+        extra = ["--HistoryManager.hist_file=:memory:"] if km.ipykernel else []
+        await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra)
+        self._pid = getattr(km.provisioner, "pid", None)
+        self._watch_exit()
+        self._connect(km)
+
+    def _connect(self, km: _PooledKernelManager) -> None:
+        """Open the reader's own shell and iopub sockets and put them on the loop."""
+        self._session = km.session
+        info = km.get_connection_info()
+        ctx = self._workers.context
+        shell = ctx.socket(zmq.DEALER)
+        shell.setsockopt(zmq.IDENTITY, self._session.bsession)
+        iopub = ctx.socket(zmq.SUB)
+        iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        for sock, port in ((shell, "shell_port"), (iopub, "iopub_port")):
+            sock.linger = 0
+            # No receive limit: at zmq's default (1,000 messages) a flooding cell lost output.
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sep = "-" if info["transport"] == "ipc" else ":"
+            sock.connect(f"{info['transport']}://{info['ip']}{sep}{info[port]}")
+            self._loop.add_reader(sock.FD, self._drain)
+        self._sockets = [("shell", shell), ("iopub", iopub)]
+
+    async def _health_check(self, deadline: float) -> None:
+        """kernel_info must be answered on shell, and some iopub message seen (subscription live)."""
+        while True:
+            request = self.request("kernel_info_request", {})
+            try:
+                wait_until = min(deadline, time.monotonic() + _IOPUB_RESEND)
+                while True:
+                    got = await request.next(wait_until)
+                    if got is None:
+                        break
+                    if got[0] == "shell" and self._iopub_seen:
+                        if self._km.ipykernel:
+                            await self._prepare(deadline)
+                        return
+            finally:
+                request.close()
+            if time.monotonic() >= deadline:
+                raise TimeoutError("no kernel_info reply within the startup timeout")
+            # no reply yet, or iopub joined late: ask again, which also provokes status messages
+
+    async def _prepare(self, deadline: float) -> None:
+        """Run the pool's own silent cell on a fresh ipykernel and wait for its reply and idle.
+
+        It lifts the IOPub send limit, and it is the kernel's first execution, so the
+        one-time costs of a first cell are paid here rather than by the first caller.
+        """
+        request = self.request("execute_request", _silent(_LIFT_IOPUB_HWM))
+        try:
+            replied = idle = False
+            while not (replied and idle):
+                got = await request.next(deadline)
+                if got is None:
+                    raise TimeoutError("the kernel did not finish its start-up cell within the startup timeout")
+                channel, msg = got
+                replied = replied or channel == "shell"
+                idle = idle or (msg.get("msg_type") == "status" and msg["content"].get("execution_state") == "idle")
+        finally:
+            request.close()
+
+    def _failure_reason(self, exc: BaseException) -> str:
+        if isinstance(exc, KernelExited):
+            return f"the kernel process {exc.reason} during start-up"
+        if isinstance(exc, TimeoutError):
+            return str(exc) or "timed out"
+        return f"{type(exc).__name__}: {exc}"
+
+    # ---- the reader --------------------------------------------------------------------------
+
+    def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+        if self._session is None or self.exited.done():
+            raise KernelExited(self.exited.result() if self.exited.done() else "not started")
+        msg = self._session.msg(msg_type, content)
+        request = self.router.open(msg["header"]["msg_id"], channel)
+        self._session.send(self._sockets[0][1], msg)
+        self._wake_reader()  # a send can consume the descriptor's edge: look again
+        log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id[:8])
+        return request
+
+    def _wake_reader(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Hand up to _BATCH waiting messages to the router; continue later if more wait."""
+        self._draining = False
+        budget = _BATCH
+        for channel, sock in self._sockets:
+            while budget and not sock.closed:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    return  # closed under us by stop()
+                budget -= 1
+                self._take(channel, frames)
+        if budget == 0 or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for _, s in self._sockets if not s.closed):
+            self._wake_reader()  # more waiting (or an edge consumed while reading): keep draining, fairly
+
+    def _take(self, channel: str, frames: list[bytes]) -> None:
+        session = self._session
+        try:
+            _, parts = session.feed_identities(frames, copy=True)
+            msg: Message = session.deserialize(parts, content=True, copy=True)
+        except Exception as exc:
+            parent = _parent_msg_id(session, frames)
+            log.warning("kernel %s sent an invalid %s message (%s); failing request %s",
+                        self.kernel_id[:8], channel, exc, parent or "<all open>")
+            self.router.fail(parent, ProtocolError(
+                f"kernel {self.kernel_id[:8]} sent an invalid {channel} message ({exc}); it was discarded"))
+            return
+        if channel == "iopub":
+            self._iopub_seen = True
+        try:
+            self.router.deliver(channel, msg)
+        except Exception as exc:  # a header of the wrong shape: the reader itself must go on
+            log.warning("kernel %s sent a malformed %s message: %r", self.kernel_id[:8], channel, exc)
+            self.router.fail(None, ProtocolError(
+                f"kernel {self.kernel_id[:8]} sent a malformed {channel} message ({exc!r}); it was discarded"))
+
+    # ---- liveness -----------------------------------------------------------------------------
 
     def _watch_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.pid is not None and hasattr(os, "pidfd_open"):
+        if self._pid is not None and hasattr(os, "pidfd_open"):
             try:
-                self._pidfd = os.pidfd_open(self.pid)
+                self._pidfd = os.pidfd_open(self._pid)
             except ProcessLookupError:
                 self._mark_exited()
                 return
-            loop.add_reader(self._pidfd, self._on_pidfd)
-        else:  # a provisioner without a local pid: ask it once a second
-            self._poller = asyncio.ensure_future(self._poll_alive())
+            except OSError as exc:  # ENOSYS/EPERM (gVisor, older seccomp profiles): poll instead
+                log.warning("pidfd_open refused (%s); polling kernel %s for its exit", exc, self.kernel_id[:8])
+            else:
+                self._loop.add_reader(self._pidfd, self._on_pidfd)
+                return
+        self._poller = asyncio.ensure_future(self._poll_alive())
 
     def _on_pidfd(self) -> None:
         self._close_pidfd()
@@ -241,38 +375,37 @@ class PooledKernel:
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
+            self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
 
     async def _poll_alive(self) -> None:
-        while self.km is not None and await self.km.is_alive():
-            await asyncio.sleep(1.0)
+        while self._km is not None and await self._km.is_alive():
+            await asyncio.sleep(_POLL_INTERVAL)
         self._mark_exited()
 
     def _mark_exited(self) -> None:
         if self.exited.done():
             return
-        process = getattr(self.km.provisioner, "process", None) if self.km else None
+        process = getattr(self._km.provisioner, "process", None) if self._km else None
         code = process.poll() if process is not None else None  # reaps the zombie
-        self.exited.set_result(code)
-        if self._on_exit is not None:
-            self._on_exit(self)
+        reason = "exited" if code is None else f"exited with code {code}"
+        self._set_exited(reason)
 
-    @property
-    def alive(self) -> bool:
-        return self.km is not None and not self.exited.done()
+    def _set_exited(self, reason: str) -> None:
+        if not self.exited.done():
+            self.exited.set_result(reason)
+            self.router.exited(reason)
 
-    # ---- control --------------------------------------------------------------------------
+    # ---- control ------------------------------------------------------------------------------
 
     async def interrupt(self) -> None:
         """Interrupt the running cell (SIGINT or interrupt_request, as the kernelspec says)."""
-        if self.alive:
-            await self.km.interrupt_kernel()
+        if self.alive and self._km is not None:
+            await self._km.interrupt_kernel()
 
-    async def shutdown(self, timeout: float = 5.0, now: bool = False) -> None:
-        """Ask the kernel to exit, kill it after ``timeout`` s (at once with ``now``), clean up."""
-        km = self.km
+    async def stop(self, timeout: float, now: bool = False) -> None:
+        km = self._km
         if km is None:
             return
         try:
@@ -285,14 +418,37 @@ class PooledKernel:
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)  # kills if still alive, removes connection + ipc files
         finally:
+            self._km = None
+            process = getattr(km.provisioner, "process", None)
+            if process is not None and process.poll() is None:  # stop was cancelled mid-way: kill now
+                process.kill()
+                km.cleanup_connection_file()
             self._close_pidfd()
             if self._poller is not None:
                 self._poller.cancel()
-            if not self.exited.done():
-                self.exited.set_result(None)  # before closing sockets: readers see the exit, not a socket error
-            if self.client is not None:
-                self.client.stop_channels()
+            self._set_exited("stopped")  # before closing sockets: readers see the exit, not a socket error
+            for _, sock in self._sockets:
+                self._loop.remove_reader(sock.FD)
+                sock.close(linger=0)
+            if self._client is not None:
+                self._client.stop_channels()
             if self._log is not None:
                 self._log.close()
             self._log_path.unlink(missing_ok=True)
-            self.km = None
+            if self._started_at is not None:
+                log.info("kernel %s stopped after %.1f s", self.kernel_id[:8], time.monotonic() - self._started_at)
+
+
+def _silent(code: str) -> dict[str, Any]:
+    """execute_request content for pool-internal code: no history, no execution count, no output."""
+    return {"code": code, "silent": True, "store_history": False, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": False}
+
+
+def _parent_msg_id(session: Session, frames: list[bytes]) -> str | None:
+    """The parent msg_id of a message that failed to deserialize, if its parent header can be read."""
+    try:
+        _, parts = session.feed_identities(frames, copy=True)
+        return session.unpack(parts[2]).get("msg_id") or None
+    except Exception:
+        return None
