@@ -18,11 +18,21 @@ demo: $(STAMP)  ## four sessions run a one-second cell at once
 chromium:  ## Debian's Chromium for the browser tests (installed as root when missing)
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium  ## the whole suite: lint, real kernels, real JupyterLab, real Chromium
+# Enterprise Gateway 3.3 pins jupyter_server<2 and jupyter_client<7: it gets a venv of its own,
+# which tests/gatewaykit.py finds here (pip would quietly give the shared .venv EG 2.5 instead).
+EG_VENV := .venv-eg
+$(EG_VENV)/.installed:
+	test -x $(EG_VENV)/bin/python || $(PY) -m venv $(EG_VENV)
+	echo '*' > $(EG_VENV)/.gitignore
+	$(EG_VENV)/bin/pip install -q -U pip
+	$(EG_VENV)/bin/pip install -q "jupyter_enterprise_gateway==3.3.0"
+	touch $@
+
+test: $(STAMP) chromium $(EG_VENV)/.installed  ## the whole suite: lint, real kernels, real JupyterLab, real Chromium
 	$(BIN)/ruff check jupyter_sessionpool tests bench examples
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)  ## everything but the browser tests
+test-fast: $(STAMP) $(EG_VENV)/.installed  ## everything but the browser tests
 	$(BIN)/python -m pytest -m "not browser"
 
 lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
@@ -47,4 +57,4 @@ soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load,
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(EG_VENV) build dist *.egg-info

@@ -21,6 +21,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 EG_VENV = Path(os.environ.get("JSP_EG_VENV", ROOT / ".venv-eg"))
 KERNELSPECS = {
@@ -111,6 +113,14 @@ class Gateway:
         return json.loads(body) if body else None
 
     def kernels(self) -> list[dict]:
+        """GET /api/kernels; Kernel Gateway answers 500 now and then while a kernel starts: ask again."""
+        for _ in range(20):
+            try:
+                return self.get("/api/kernels")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 500:
+                    raise
+                time.sleep(0.1)
         return self.get("/api/kernels")
 
     def kernel_pid(self, remote_id: str) -> int:
@@ -210,3 +220,44 @@ class Proxy:
         await asyncio.gather(*self._serving, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+# ---- fixtures (a pytest plugin: conftest lists this module in pytest_plugins) ------------------
+
+
+def _session_gateway(kind: str, tmp_path_factory) -> Gateway:
+    if kind == "eg" and not (EG_VENV / ".installed").exists():
+        pytest.fail(
+            f"Enterprise Gateway's venv is missing at {EG_VENV}: run `make .venv-eg/.installed` "
+            "(make test does), or point JSP_EG_VENV at one",
+            pytrace=False,
+        )
+    return Gateway(kind, tmp_path_factory.mktemp(kind)).start()
+
+
+@pytest.fixture(scope="session")
+def kg(tmp_path_factory):
+    """The run's Kernel Gateway; at the end no kernel may be left on it."""
+    gw = _session_gateway("kg", tmp_path_factory)
+    yield gw
+    try:
+        assert gw.kernels() == [], "kernels left on the Kernel Gateway at the end of the run"
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="session")
+def eg(tmp_path_factory):
+    """The run's Enterprise Gateway 3.3 (from its own venv); at the end no kernel may be left on it."""
+    gw = _session_gateway("eg", tmp_path_factory)
+    yield gw
+    try:
+        assert gw.kernels() == [], "kernels left on the Enterprise Gateway at the end of the run"
+    finally:
+        gw.stop()
+
+
+def pool_settings(gw: Gateway) -> dict:
+    """The settings that point a pool at ``gw`` (EG will not start kernels for root without a user name)."""
+    env = {"KERNEL_USERNAME": "jsp-tester"} if gw.kind == "eg" else {}
+    return {"gateway_url": gw.url, "gateway_token": gw.token, "env": env}

@@ -23,16 +23,6 @@ from jupyter_sessionpool.workers.base import KernelExited
 from jupyter_sessionpool.workers.gateway import GatewayWorkers
 
 
-@pytest.fixture(scope="session")
-def kg(tmp_path_factory):
-    gw = Gateway("kg", tmp_path_factory.mktemp("kg")).start()
-    yield gw
-    try:
-        assert gw.kernels() == [], "kernels left on the gateway at the end of the run"
-    finally:
-        gw.stop()
-
-
 @pytest.fixture
 async def workers(kg):
     """Make GatewayWorkers for a gateway (default: the session's KG); every worker is stopped after."""
@@ -288,7 +278,8 @@ async def test_gateway_limit_is_a_403_with_its_message(tmp_path, workers):
         limited.stop()
 
 
-async def test_gateway_gone_then_back(tmp_path, workers):
+async def test_gateway_gone_then_back(tmp_path, workers, monkeypatch):
+    monkeypatch.setattr(gateway_module, "_RECONNECT_FOR", 3.0)  # how long a dropped socket is retried (10 s)
     gw = Gateway("kg", tmp_path).start()
     try:
         ws = await workers(url=gw.url, token=gw.token)

@@ -138,21 +138,29 @@ class GatewayWorkers(Workers):
     """Makes one pool's gateway workers; owns the HTTP client, the gateway's address and headers."""
 
     def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings  # kernel_name, env and cwd are read at each start, like the local workers
         self.log = settings.log
         self.url = settings.gateway_url.rstrip("/")
         self.ws_url = "ws" + self.url[len("http") :]
         self.location = urlsplit(self.url).netloc.rpartition("@")[2]
-        self.kernel_name = settings.kernel_name
-        self.env = {str(k): str(v) for k, v in settings.env.items()}
-        if settings.cwd:
-            self.env.setdefault("KERNEL_WORKING_DIR", settings.cwd)  # honoured where the gateway allows it
         self.headers = {str(k): str(v) for k, v in settings.gateway_headers.items()}
         if settings.gateway_token and not any(k.lower() == "authorization" for k in self.headers):
             self.headers["Authorization"] = f"token {settings.gateway_token}"
-        self._tls = {"validate_cert": settings.gateway_validate_cert, "ca_certs": settings.gateway_ca_certs}
+        self._tls: dict[str, Any] = {"validate_cert": settings.gateway_validate_cert, "ca_certs": settings.gateway_ca_certs}
         self.http: AsyncHTTPClient | None = None
-        self._spec_checked = False
+        self._spec_checked: str | None = None  # the kernel_name the gateway was found to have
         self.stopping: set[asyncio.Task[None]] = set()
+
+    @property
+    def kernel_name(self) -> str:
+        return self.settings.kernel_name
+
+    def start_body(self) -> dict[str, Any]:
+        """The POST /api/kernels body: the kernelspec and the kernels' environment (EG reads KERNEL_* there)."""
+        env = {str(k): str(v) for k, v in self.settings.env.items()}
+        if self.settings.cwd:
+            env.setdefault("KERNEL_WORKING_DIR", self.settings.cwd)  # honoured where the gateway allows it
+        return {"name": self.kernel_name, "env": env}
 
     def request(self, path: str, method: str = "GET", body: Any = None, timeout: float = _REQUEST_TIMEOUT) -> HTTPRequest:
         """An HTTP (or websocket handshake) request to the gateway, with our headers and TLS settings."""
@@ -221,7 +229,7 @@ class GatewayWorkers(Workers):
 
     async def check_kernelspec(self) -> None:
         """Raise KernelStartError unless the gateway has a kernelspec named ``kernel_name`` (once per pool)."""
-        if self._spec_checked:
+        if self._spec_checked == self.kernel_name:
             return
         try:
             response = await self.fetch("/api/kernelspecs")
@@ -246,7 +254,7 @@ class GatewayWorkers(Workers):
                 hint="set kernel_name to one of the gateway's kernelspecs",
                 retryable=False,
             )
-        self._spec_checked = True
+        self._spec_checked = self.kernel_name
 
     def new(self, kernel_id: str) -> GatewayWorker:
         return GatewayWorker(self, kernel_id)
@@ -300,12 +308,16 @@ class GatewayWorker(KernelWorker):
 
     async def start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        creating = None
         try:
             await self._gw.check_kernelspec()
-            await self._create(deadline)
+            creating = asyncio.ensure_future(self._create(deadline))
+            await asyncio.shield(creating)  # a cancel must not lose the id of a kernel the POST made
             await self._connect_while_alive(deadline)
             await self._health_check(deadline)
         except asyncio.CancelledError:
+            if creating is not None:
+                await asyncio.gather(creating, return_exceptions=True)
             await self.stop(timeout, now=True)
             raise
         except Exception as exc:
@@ -323,9 +335,8 @@ class GatewayWorker(KernelWorker):
         self._log.info("kernel %s started on %s as %s", self.kernel_id, self.location, self.remote_id)
 
     async def _create(self, deadline: float) -> None:
-        body = {"name": self._gw.kernel_name, "env": self._gw.env}
         try:
-            response = await self._gw.fetch("/api/kernels", "POST", body, timeout=max(0.1, deadline - time.monotonic()))
+            response = await self._gw.fetch("/api/kernels", "POST", self._gw.start_body(), timeout=max(0.1, deadline - time.monotonic()))
         except _Unreachable as exc:
             raise self._gw.unreachable(exc) from None
         self._evidence = _gateway_message(response)
