@@ -40,14 +40,15 @@ import concurrency  # noqa: E402
 import magics  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
+import remote  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
 import startup  # noqa: E402
 import throughput  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
-# In the order of the issue's list; magics (the notebook front end) last.
-ITEMS = {m.__name__: m for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics)}
+# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11).
+ITEMS = {m.__name__: m for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote)}
 
 
 def leftovers() -> list[tuple[int, str]]:
