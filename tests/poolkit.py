@@ -33,10 +33,11 @@ def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:
 async def started_marker(pool: AsyncKernelPool, code: str, session: str | None, marker: str = "started"):
     """Run ``code`` (which prints ``marker`` first) in a task; return the task once the marker arrived."""
     seen = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    def on_output(out) -> None:
+    def on_output(out) -> None:  # on a callback thread: an asyncio.Event must be set on its loop
         if out.get("text", "").startswith(marker):
-            seen.set()
+            loop.call_soon_threadsafe(seen.set)
 
     task = asyncio.ensure_future(pool.execute(code, session=session, on_output=on_output))
     await asyncio.wait_for(seen.wait(), 30)
