@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
+from types import SimpleNamespace
 
-import zmq.asyncio
 from _common import (
     STATS_HEADERS,
     Gateway,
@@ -24,7 +22,7 @@ from _common import (
 from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_sessionpool import AsyncKernelPool
-from jupyter_sessionpool.workers.local import PooledKernel
+from jupyter_sessionpool.workers.local import LocalWorkers
 
 METHOD = """\
 Four variants, interleaved, {reps} rounds after {warmup} warm-up round(s); set-up and
@@ -81,15 +79,15 @@ async def jupyter_client_start() -> Parts:
     )
 
 
-async def pooled_kernel_start(runtime: Path, context: zmq.asyncio.Context) -> Parts:
-    """PooledKernel.start alone."""
-    kernel = PooledKernel(f"bench-{os.urandom(4).hex()}", "python3", runtime, context)
+async def pooled_kernel_start(workers: LocalWorkers) -> Parts:
+    """The pool's kernel start alone (LocalWorker.start: launch, kernel_info, iopub live, start-up cell)."""
+    kernel = workers.new(f"bench-{os.urandom(4).hex()}")
     try:
         t0 = time.perf_counter()
         await kernel.start(60)
         return Parts({"PooledKernel.start": time.perf_counter() - t0})
     finally:
-        await kernel.shutdown(now=True)
+        await kernel.stop(0, now=True)
 
 
 async def lazy_pool_first_result() -> Parts:
@@ -119,8 +117,8 @@ async def measure(quick: bool) -> Section:
         "2. Time to a ready kernel for a new session",
         METHOD.format(reps=reps, warmup=warmup, prespawn=reps + warmup),
     )
-    runtime = Path(tempfile.mkdtemp(prefix="jsp-bk-"))
-    context = zmq.asyncio.Context()
+    workers = LocalWorkers(SimpleNamespace(kernel_name="python3", transport="ipc", env={}, cwd=None))
+    await workers.open()
     names = iter(range(1_000_000))
     try:
         async with AsyncExitStack() as stack:
@@ -143,7 +141,7 @@ async def measure(quick: bool) -> Section:
             samples = await interleaved(
                 {
                     "jupyter_client": jupyter_client_start,
-                    "PooledKernel": lambda: pooled_kernel_start(runtime, context),
+                    "PooledKernel": lambda: pooled_kernel_start(workers),
                     "lazy pool": lazy_pool_first_result,
                     "prewarmed": prewarmed,
                     "gateway stock": lambda: gateway_attach(stock, "Kernel Gateway prespawned, stock"),
@@ -153,10 +151,7 @@ async def measure(quick: bool) -> Section:
                 warmup,
             )
     finally:
-        context.destroy(linger=0)
-        for leftover in runtime.iterdir():
-            leftover.unlink()
-        runtime.rmdir()
+        await workers.close()
     section.raw = samples
     stock_name, nodelay_name = "Kernel Gateway prespawned, stock", "Kernel Gateway prespawned, TCP_NODELAY"
     first = [

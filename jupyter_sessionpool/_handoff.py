@@ -50,6 +50,7 @@ class Handoff:
         self._keep_going = keep_going
         self._items: deque[Any] = deque(maxlen=limit)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._running = False
         self._drained: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
@@ -74,11 +75,17 @@ class Handoff:
             self._drained.append((loop, fut))
         await fut
 
+    def wait_idle(self, timeout: float) -> bool:
+        """From any thread but a callback thread: block until the queue is drained (False on timeout)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
+
     def _drain(self) -> None:
         while True:
             with self._lock:
                 if not self._items or self.error is not None:
                     self._running = False
+                    self._idle.notify_all()
                     drained, self._drained = self._drained, []
                     break
                 item = self._items.popleft()
@@ -95,6 +102,11 @@ class Handoff:
                 loop.call_soon_threadsafe(_resolve, fut)
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
+
+
+def on_callback_thread() -> bool:
+    """True when called from inside a handed-off callback."""
+    return threading.current_thread().name.startswith(THREAD_NAME)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -203,13 +203,15 @@ async def stop(execution: Execution, interrupt_timeout: float) -> bool:
 async def quiesce(worker: KernelWorker, interrupt_timeout: float) -> bool:
     """Free a kernel its holder drove directly (``Lease.client``); True if it is free again.
 
-    A ``kernel_info`` probe is answered once whatever the holder sent has ended; if it is
-    not answered soon, the kernel is interrupted and probed again.
+    Waits a moment for what the holder sent to end (the router follows each such request
+    to its idle), interrupts it if it does not, and ends with a ``kernel_info`` probe.
     """
+    router = worker.router
     try:
-        if await probe(worker, SETTLE):
-            return True
-        await worker.interrupt()
+        if not await router.outside_ended(time.monotonic() + SETTLE):
+            await worker.interrupt()
+            if not await router.outside_ended(time.monotonic() + interrupt_timeout):
+                return False
         return await probe(worker, interrupt_timeout)
     except (KernelExited, ProtocolError):
         return False

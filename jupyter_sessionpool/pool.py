@@ -108,6 +108,8 @@ class Lease:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
             self._pool._count("timeouts")
+            self._pool.log.warning("cell on kernel %s (session %s) timed out after %g s; %s", self.kernel_id[:8],
+                                   self.session, exc.timeout, "replacing it" if exc.restarted else "interrupted")
             if exc.restarted:
                 self._discard = "its cell timed out and ignored the interrupt"
             self._inflight = None
@@ -174,7 +176,8 @@ class AsyncKernelPool(PoolSettings):
         self._workers: Workers = self._make_workers()
         self._books = Books(self.max_kernels, self.min_idle, self.start_retries, time.monotonic)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._subscribers: list[Handoff] = []
+        self._subscribers: list[Subscriber] = []
+        self._listeners = Handoff(self._notify, self._notify_failed, keep_going=True, limit=_SUBSCRIBER_BACKLOG)
         self._tasks: dict[Slot, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry: asyncio.TimerHandle | None = None
@@ -325,25 +328,38 @@ class AsyncKernelPool(PoolSettings):
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(stats)`` after every change; returns the unsubscribe.
 
-        The callback runs on a ``jupyter-sessionpool-callback`` thread, never on the pool's
-        loop, one call at a time and in order, so a slow one delays nothing but itself (it
-        may fall behind: past 1,000 pending snapshots the oldest are dropped). An exception
-        it raises is logged. Snapshots queued before the unsubscribe are still delivered.
+        Subscribers run on a ``jupyter-sessionpool-callback`` thread, never on the pool's
+        loop: each snapshot goes to every subscriber in the order they subscribed, one call
+        at a time, snapshots in order. So a slow subscriber delays only the subscribers, never
+        a kernel or a session (past 1,000 pending snapshots the oldest are dropped). An
+        exception a subscriber raises is logged. A snapshot taken before the unsubscribe
+        may still be delivered after it.
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-
-        def failed(exc: BaseException) -> None:
-            self.log.error("pool subscriber %r failed", callback, exc_info=exc)
-
-        handoff = Handoff(callback, failed, keep_going=True, limit=_SUBSCRIBER_BACKLOG)
-        self._subscribers.append(handoff)
+        self._subscribers.append(callback)
 
         def unsubscribe() -> None:
-            if handoff in self._subscribers:
-                self._subscribers.remove(handoff)
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
 
         return unsubscribe
+
+    def _notify(self, item: tuple[PoolStats, tuple[Subscriber, ...]]) -> None:
+        """On the callback thread: hand one snapshot to the subscribers of its moment."""
+        stats, subscribers = item
+        for callback in subscribers:
+            try:
+                callback(stats)
+            except Exception:
+                self.log.exception("pool subscriber %r failed", callback)
+
+    def _notify_failed(self, exc: BaseException) -> None:
+        self.log.error("pool subscribers stopped by %r", exc)
+
+    def _wait_subscribers(self, timeout: float) -> None:
+        """Block (from a thread other than the loop's) until every subscriber has seen the changes so far."""
+        self._listeners.wait_idle(timeout)
 
     @observe("max_kernels", "min_idle", "start_retries")
     def _settings_changed(self, change: dict[str, Any]) -> None:
@@ -377,9 +393,7 @@ class AsyncKernelPool(PoolSettings):
                     fut.set_result(None)
             self._ready_waiters.clear()
         if self._subscribers:
-            stats = self.stats()
-            for handoff in self._subscribers:
-                handoff.put(stats)
+            self._listeners.put((self.stats(), tuple(self._subscribers)))
 
     def _spawn(self, slot: Slot, coro: Any) -> None:
         previous = self._tasks.get(slot)

@@ -3,7 +3,8 @@
 The async pool lives on one private event-loop thread; each method hands its coroutine
 to that loop and blocks for the answer. The caller's own event loop, if any (a running
 Jupyter kernel, a coroutine calling sync code), is never touched or patched.
-Callbacks (``on_output``, ``subscribe``) run on the pool's thread.
+Callbacks (``on_output``, ``subscribe``) run on callback threads, never the pool's thread
+(see :mod:`._handoff`); a blocking call returns once subscribers have seen what it changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 from traitlets import observe
 
 from .config import PoolSettings, check_session, check_timeout
+from ._handoff import on_callback_thread
 from .errors import PoolClosed
 from .results import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from .notebook.widget import PoolWidget
 
 T = TypeVar("T")
+_SUBSCRIBER_WAIT = 5.0  # seconds a blocking call waits at most for slow subscribers to catch up
 _live: weakref.WeakSet[KernelPool] = weakref.WeakSet()
 
 
@@ -79,7 +82,7 @@ class SyncLease:
             source = self._pool._call(lambda: self._lease.client)
             if source is None:
                 return None
-            self._client = BlockingKernelClient()
+            self._client = BlockingKernelClient(session=source.session)  # its requests are announced too
             self._client.load_connection_info(source.get_connection_info())
             self._client.start_channels(stdin=False, hb=False)
         return self._client
@@ -160,21 +163,25 @@ class KernelPool(PoolSettings):
                 self._loop = loop
         return self._loop
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], blocking: bool = True) -> T:
         if self._stopped:
             coro.close()
             raise PoolClosed()
         loop = self._ensure_loop()
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self._thread or (blocking and on_callback_thread()):
             coro.close()
-            raise RuntimeError("a blocking KernelPool call was made from the pool's own thread "
-                               "(inside on_output or a subscriber); use the AsyncKernelPool there")
+            raise RuntimeError("a blocking KernelPool call was made from inside on_output or a subscriber, "
+                               "which can wait on the very call that runs the callback; hand the work to "
+                               "another thread, or use the AsyncKernelPool")
         fut = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
-            return fut.result()
+            result = fut.result()
         except KeyboardInterrupt:
             fut.cancel()
             raise
+        if not on_callback_thread():  # subscribers see this call's changes before it returns
+            self._async._wait_subscribers(_SUBSCRIBER_WAIT)
+        return result
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a plain (non-blocking) function on the pool's thread and return its value."""
@@ -184,7 +191,7 @@ class KernelPool(PoolSettings):
         async def call() -> T:
             return fn(*args)
 
-        return self._run(call())
+        return self._run(call(), blocking=False)
 
     @observe(*PoolSettings.class_trait_names(config=True))
     def _forward(self, change: dict[str, Any]) -> None:

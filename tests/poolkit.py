@@ -35,7 +35,7 @@ async def started_marker(pool: AsyncKernelPool, code: str, session: str | None, 
     seen = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_output(out) -> None:  # on a callback thread: an asyncio.Event must be set on its loop
+    def on_output(out) -> None:  # runs on a callback thread
         if out.get("text", "").startswith(marker):
             loop.call_soon_threadsafe(seen.set)
 

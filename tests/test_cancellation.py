@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -85,3 +86,42 @@ async def test_pool_shutdown_while_waiting_raises_pool_closed(make_pool):
         await pool.shutdown()
         with pytest.raises(PoolClosed):
             await waiting
+
+
+async def test_200_random_moment_cancels_of_a_short_cell_never_lose_the_session(make_pool):
+    """Cancel a 50 ms cell at a random moment, 200 times: the cell is followed to its end by the
+    reader (a reply that raced the cancel is seen), the kernel is kept, the variables survive."""
+    pool = await make_pool(max_kernels=1)
+    await pool.execute("x = 'kept'", session="a")
+    rng = random.Random(20261201)
+    lost = cancelled = 0
+    t0 = time.monotonic()
+    for _ in range(200):
+        task = asyncio.ensure_future(pool.execute("import time; time.sleep(0.05)", session="a"))
+        await asyncio.sleep(rng.uniform(0, 0.08))  # the random moment of the cancel, not a synchronisation
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled += 1
+        except SessionLost:
+            lost += 1
+    r = await pool.execute("x", session="a", timeout=30)
+    print(f"200 cancels: {cancelled} cancelled, {lost} lost, {time.monotonic() - t0:.1f} s")
+    assert lost == 0 and r.result == "'kept'"
+    assert pool.stats().counters["started"] == 1
+    assert cancelled > 50 and time.monotonic() - t0 < 200 * 0.5
+
+
+async def test_an_on_output_that_raises_on_a_fast_cell_never_loses_the_kernel(make_pool):
+    pool = await make_pool(max_kernels=1)
+    await pool.execute("x = 'kept'", session="a")
+
+    def explode(out):
+        raise RuntimeError("callback broke")
+
+    for _ in range(20):
+        with pytest.raises(RuntimeError, match="callback broke"):
+            await pool.execute("print('x')", session="a", on_output=explode)
+    assert (await pool.execute("x", session="a", timeout=30)).result == "'kept'"
+    assert pool.stats().counters["started"] == 1

@@ -214,9 +214,25 @@ FLOODS = {
 CAP = 4_000_000
 
 
+@pytest.fixture
+def busy_cores():
+    """Both cores busy with ``yes >/dev/null`` (the machine of a user running other jobs)."""
+    procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]
+    yield
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.timeout(420)  # the 100k flood shares two cores with two busy loops (and whatever else runs)
 @pytest.mark.parametrize("flood", FLOODS)
-async def test_output_flood_bounded_memory_and_other_sessions_keep_latency(make_pool, flood):
-    """One session floods output; the pool's memory stays bounded and another session stays quick."""
+async def test_output_flood_bounded_memory_and_other_sessions_keep_latency(make_pool, flood, request):
+    """One session floods output; the pool's memory stays bounded and another session stays quick.
+
+    The 100k-message flood runs with both cores busy, and every line must arrive.
+    """
+    if flood == "100k-messages":
+        request.getfixturevalue("busy_cores")
     me = psutil.Process()
     pool = await make_pool(max_kernels=2, min_idle=2, max_output_size=CAP, shutdown_timeout=1)
     await pool.wait_ready(timeout=60)
@@ -224,7 +240,8 @@ async def test_output_flood_bounded_memory_and_other_sessions_keep_latency(make_
     rss0 = me.memory_info().rss
     peak = rss0
     latencies: list[float] = []
-    flooding = asyncio.ensure_future(pool.execute(FLOODS[flood], session="flood", timeout=120))
+    cpu0 = sum(me.cpu_times()[:2])
+    flooding = asyncio.ensure_future(pool.execute(FLOODS[flood], session="flood", timeout=360))
     while not flooding.done():
         t0 = time.monotonic()
         assert (await pool.execute("1 + 1", session="other", timeout=30)).result == "2"
@@ -235,6 +252,7 @@ async def test_output_flood_bounded_memory_and_other_sessions_keep_latency(make_
     retained = me.memory_info().rss - rss0
     figures = {
         "duration_s": round(r.duration, 1),
+        "pool_cpu_s": round(sum(me.cpu_times()[:2]) - cpu0, 1),
         "other_p50_ms": round(1000 * percentile(latencies, 50)),
         "other_max_ms": round(1000 * max(latencies)),
         "peak_rss_growth_mb": (peak - rss0) >> 20,
@@ -246,8 +264,8 @@ async def test_output_flood_bounded_memory_and_other_sessions_keep_latency(make_
     if r.truncated:
         assert "output truncated" in r.stderr
     assert flood != "200MB" or r.truncated
-    if flood == "100k-messages":  # the kernel's own send queue may still drop a few under this flood
-        assert r.stdout.count("\n") >= 99_000, figures
+    if flood == "100k-messages":
+        assert r.stdout.count("\n") == 100_000 and "may be incomplete" not in r.stderr, figures
     assert retained < 64 << 20, figures
     assert peak - rss0 < 400 << 20, figures
     assert len(latencies) >= 3, figures
@@ -276,6 +294,34 @@ async def test_a_lost_idle_status_does_not_wedge_the_session(make_pool):
     assert r.status == "ok" and "idle status will be lost" in r.stdout
     assert "may be incomplete" in r.stderr
     assert (await pool.execute("print('next')", session="a", timeout=30)).stdout == "next\n"
+
+
+async def test_output_printed_while_idle_is_bounded_and_the_next_cell_starts_at_once(make_pool):
+    """A session's background thread prints for 10 s while no cell runs: the reader drains it into
+    a small ring (not a backlog), so the pool's memory stays flat and the next cell is prompt."""
+    me = psutil.Process()
+    pool = await make_pool(max_kernels=1)
+    await pool.execute(
+        "import threading, time\n"
+        "def spam():\n"
+        "    while True:\n"
+        "        print('x' * 1000, flush=True)\n"
+        "        time.sleep(0.0005)\n"
+        "threading.Thread(target=spam, daemon=True).start()",
+        session="a",
+    )
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    rss0 = me.memory_info().rss
+    await asyncio.sleep(10)  # the fault is time spent idle: there is no event to wait for
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    growth = me.memory_info().rss - rss0
+    t0 = time.monotonic()
+    r = await pool.execute("'next'", session="a", timeout=30)
+    first = time.monotonic() - t0
+    print(f"idle printing for 10 s: pool RSS grew {growth / 2**20:.1f} MiB; next cell took {first * 1000:.0f} ms")
+    assert r.result == "'next'"
+    assert growth < 8 << 20, growth
+    assert first < 1.0, first  # 0.2 s on a quiet machine; loose for a loaded one
 
 
 # ---- the pool's own process killed ------------------------------------------------------------------

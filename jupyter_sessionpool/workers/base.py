@@ -29,7 +29,10 @@ Message = dict[str, Any]
 ORPHAN_MESSAGES = 200
 """Most output messages kept per kernel that answer no open request (oldest dropped first)."""
 
-_FAIR_SHARE = 16  # messages returned back to back (already queued) before yielding to the loop
+# Messages returned back to back (already queued) before yielding to the loop: more than a
+# reader hands over per loop callback, so a reader never outpaces its consumer in a flood
+# (the queue would grow by the difference every loop iteration).
+_FAIR_SHARE = 256
 
 
 class KernelExited(Exception):
@@ -117,7 +120,8 @@ class Router:
     """Routes each message a kernel sends to the open request it answers (by parent msg_id).
 
     Called by the worker's reader, synchronously, on the pool's event loop. It also keeps
-    the kernel's last ``execution_state`` as its iopub ``status`` messages report it.
+    the kernel's last ``execution_state`` as its iopub ``status`` messages report it, and
+    follows requests sent around the pool (``Lease.client``) to their ``idle``.
     """
 
     def __init__(self, orphan_limit: int = ORPHAN_MESSAGES) -> None:
@@ -125,6 +129,9 @@ class Router:
         self.orphans: deque[Message] = deque(maxlen=orphan_limit)
         self.execution_state: str | None = None
         self.exit_reason: str | None = None
+        self._outside: set[str] = set()  # requests sent around the pool, not yet ended (idle)
+        self._ended: deque[str] = deque(maxlen=_ENDED_KEPT)  # recent idles nobody expected (yet)
+        self._outside_waiter: asyncio.Future[None] | None = None
 
     def open(self, msg_id: str, channel: str = "shell") -> Request:
         """Start collecting the messages whose parent is ``msg_id`` (call before sending it)."""
@@ -133,13 +140,44 @@ class Router:
 
     def deliver(self, channel: str, msg: Message) -> None:
         """Hand one message from ``channel`` (shell, iopub, control, stdin) to its request."""
+        parent = msg.get("parent_header", {}).get("msg_id", "")
         if channel == "iopub" and msg.get("msg_type") == "status":
             self.execution_state = msg.get("content", {}).get("execution_state", self.execution_state)
-        request = self._open.get(msg.get("parent_header", {}).get("msg_id", ""))
+            if self.execution_state == "idle" and parent not in self._open:
+                self._outside_ended(parent)
+        request = self._open.get(parent)
         if request is not None:
             request._put(channel, msg)
         elif channel == "iopub" and msg.get("msg_type") in _OUTPUT_TYPES:
             self.orphans.append(msg)
+
+    def expect(self, msg_id: str) -> None:
+        """A request was sent around the pool (through ``Lease.client``): follow it to its idle."""
+        if msg_id in self._ended:
+            self._ended.remove(msg_id)
+        else:
+            self._outside.add(msg_id)
+
+    async def outside_ended(self, deadline: float) -> bool:
+        """Wait until every :meth:`expect`-ed request has ended; False if ``deadline`` passes first."""
+        while self._outside and self.exit_reason is None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return False
+            self._outside_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._outside_waiter, timeout)
+            except TimeoutError:
+                return False
+        return not self._outside
+
+    def _outside_ended(self, msg_id: str) -> None:
+        if msg_id in self._outside:
+            self._outside.discard(msg_id)
+            if not self._outside and self._outside_waiter is not None and not self._outside_waiter.done():
+                self._outside_waiter.set_result(None)
+        else:  # its expect() may still be on its way from the sender's thread
+            self._ended.append(msg_id)
 
     def fail(self, msg_id: str | None, error: BaseException) -> None:
         """A message for ``msg_id`` could not be read: its request raises ``error`` (None: all do)."""
@@ -154,12 +192,15 @@ class Router:
             self.exit_reason = reason
             for request in self._open.values():
                 request._wake()
+            if self._outside_waiter is not None and not self._outside_waiter.done():
+                self._outside_waiter.set_result(None)
 
     def _close(self, request: Request) -> None:
         if self._open.get(request.msg_id) is request:
             del self._open[request.msg_id]
 
 
+_ENDED_KEPT = 256
 _OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"})
 
 
@@ -187,7 +228,11 @@ class KernelWorker(abc.ABC):
 
     @property
     def client(self) -> Any:
-        """The jupyter_client KernelClient where one exists (local kernels), else None."""
+        """The jupyter_client KernelClient where one exists (local kernels), else None.
+
+        Every request sent through it (or through a client sharing its ``session``) is
+        announced to :meth:`Router.expect`, so the pool can wait for it to end.
+        """
         return None
 
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import hmac
 import logging
 import os
 import shutil
@@ -42,7 +43,8 @@ _DEATH_SIGNAL = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 _STDERR_TAIL_BYTES = 4000
 _IOPUB_RESEND = 0.25  # seconds to wait for iopub before re-sending kernel_info (slow joiner)
-_BATCH = 64  # messages handed to the router per loop callback before yielding to other work
+_BATCH = 64  # messages handed to the router per loop callback before yielding to other work ...
+_BATCH_BYTES = 256 << 10  # ... or this many bytes of them (a flood of 1 MB writes must not hog the loop)
 _POLL_INTERVAL = 0.5  # seconds between liveness polls where no pidfd is available
 
 # ipykernel's IOPub socket drops messages past zmq's default send limit (1,000 queued) when
@@ -176,10 +178,16 @@ class LocalWorker(KernelWorker):
         """An AsyncKernelClient of this kernel with its own sockets, made on first use.
 
         The pool's reader keeps its own sockets; this one is for callers who speak the
-        protocol themselves (``Lease.client``).
+        protocol themselves (``Lease.client``). Its session announces each request it sends
+        to the router (thread-safe: a blocking client on another thread may share it).
         """
         if self._client is None and self._km is not None:
-            self._client = self._km.client(context=self._workers.async_context)
+            theirs = self._km.session
+            session = _AnnouncingSession(
+                key=theirs.key, signature_scheme=theirs.signature_scheme, username=theirs.username,
+                announce=functools.partial(self._loop.call_soon_threadsafe, self.router.expect),
+            )
+            self._client = self._km.client(context=self._workers.async_context, session=session)
             self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         return self._client
 
@@ -239,8 +247,7 @@ class LocalWorker(KernelWorker):
         self._session = km.session
         info = km.get_connection_info()
         ctx = self._workers.context
-        shell = ctx.socket(zmq.DEALER)
-        shell.setsockopt(zmq.IDENTITY, self._session.bsession)
+        shell = ctx.socket(zmq.DEALER)  # zmq picks its identity: Lease.client's shell socket uses the session's
         iopub = ctx.socket(zmq.SUB)
         iopub.setsockopt(zmq.SUBSCRIBE, b"")
         for sock, port in ((shell, "shell_port"), (iopub, "iopub_port")):
@@ -301,13 +308,15 @@ class LocalWorker(KernelWorker):
     # ---- the reader --------------------------------------------------------------------------
 
     def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+        if channel != "shell":
+            raise ValueError(f"the local worker sends requests on shell only, not {channel!r}")
         if self._session is None or self.exited.done():
             raise KernelExited(self.exited.result() if self.exited.done() else "not started")
         msg = self._session.msg(msg_type, content)
         request = self.router.open(msg["header"]["msg_id"], channel)
         self._session.send(self._sockets[0][1], msg)
         self._wake_reader()  # a send can consume the descriptor's edge: look again
-        log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id[:8])
+        log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id)
         return request
 
     def _wake_reader(self) -> None:
@@ -318,9 +327,9 @@ class LocalWorker(KernelWorker):
     def _drain(self) -> None:
         """Hand up to _BATCH waiting messages to the router; continue later if more wait."""
         self._draining = False
-        budget = _BATCH
+        budget, budget_bytes = _BATCH, _BATCH_BYTES
         for channel, sock in self._sockets:
-            while budget and not sock.closed:
+            while budget > 0 and budget_bytes > 0 and not sock.closed:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
@@ -328,15 +337,15 @@ class LocalWorker(KernelWorker):
                 except zmq.ZMQError:
                     return  # closed under us by stop()
                 budget -= 1
+                budget_bytes -= sum(map(len, frames))
                 self._take(channel, frames)
-        if budget == 0 or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for _, s in self._sockets if not s.closed):
+        if budget <= 0 or budget_bytes <= 0 or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for _, s in self._sockets if not s.closed):
             self._wake_reader()  # more waiting (or an edge consumed while reading): keep draining, fairly
 
     def _take(self, channel: str, frames: list[bytes]) -> None:
         session = self._session
         try:
-            _, parts = session.feed_identities(frames, copy=True)
-            msg: Message = session.deserialize(parts, content=True, copy=True)
+            msg = _unpack(session, frames)
         except Exception as exc:
             parent = _parent_msg_id(session, frames)
             log.warning("kernel %s sent an invalid %s message (%s); failing request %s",
@@ -439,10 +448,60 @@ class LocalWorker(KernelWorker):
                 log.info("kernel %s stopped after %.1f s", self.kernel_id[:8], time.monotonic() - self._started_at)
 
 
+class _AnnouncingSession(Session):
+    """A Session that calls ``announce(msg_id)`` for every message it sends."""
+
+    def __init__(self, announce: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._announce = announce
+
+    def send(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        msg = super().send(*args, **kwargs)
+        if msg is not None:
+            self._announce(msg["header"]["msg_id"])
+        return msg
+
+
 def _silent(code: str) -> dict[str, Any]:
-    """execute_request content for pool-internal code: no history, no execution count, no output."""
-    return {"code": code, "silent": True, "store_history": False, "user_expressions": {},
+    """execute_request content for pool-internal code: no history, no execution count.
+
+    Not ``silent``: the kernel takes the same path as for a user's cell (execute_input,
+    display hook), so that path's one-time costs are paid here.
+    """
+    return {"code": code, "silent": False, "store_history": False, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": False}
+
+
+def _unpack(session: Session, frames: list[bytes]) -> Message:
+    """A verified message from its frames: what ``Session.deserialize`` returns, minus its per-message extras.
+
+    The signature is checked as ``deserialize`` checks it. Left out, because the pool uses
+    none of them and they were most of the reader's cost per message (profiled): header
+    dates parsed into datetimes, protocol adaptation (ipykernel speaks protocol 5), and
+    the replay history of signatures (the sockets are private to this process and kernel).
+    """
+    start = frames.index(_DELIM) + 1
+    signature, header, parent, metadata, content = frames[start:start + 5]
+    if session.auth is not None:
+        mac = session.auth.copy()
+        for part in (header, parent, metadata, content):
+            mac.update(part)
+        if not hmac.compare_digest(signature, mac.hexdigest().encode("ascii")):
+            raise ValueError(f"invalid signature {signature[:16]!r}")
+    unpack = session.unpack  # a trait: look it up once
+    head = unpack(header)
+    return {
+        "header": head,
+        "msg_id": head["msg_id"],
+        "msg_type": head["msg_type"],
+        "parent_header": unpack(parent),
+        "metadata": unpack(metadata),
+        "content": unpack(content),
+        "buffers": frames[start + 5:],
+    }
+
+
+_DELIM = b"<IDS|MSG>"
 
 
 def _parent_msg_id(session: Session, frames: list[bytes]) -> str | None:
