@@ -381,9 +381,17 @@ class GatewayWorker(KernelWorker):
         request = self._gw.request(path, timeout=max(0.1, deadline - time.monotonic()))
         request.url = self._gw.ws_url + path
         token = object()  # frames of a socket that is no longer ours are ignored
+        early: list[str | bytes | None] | None = []  # frames before we took the socket (a replay can come at once)
+
+        def on_frame(frame: str | bytes | None) -> None:
+            if early is not None:
+                early.append(frame)
+            elif self._token is token:
+                self._on_frame(frame)
+
         connecting = websocket_connect(
             request,
-            on_message_callback=lambda frame: self._token is token and self._on_frame(frame),
+            on_message_callback=on_frame,
             subprotocols=[V1_PROTOCOL],
             max_message_size=_MAX_FRAME,
             ping_interval=_PING_INTERVAL,
@@ -414,6 +422,9 @@ class GatewayWorker(KernelWorker):
         outbox, self._outbox = self._outbox, []
         for channel, msg in outbox:
             self._send(channel, msg)
+        arrived, early = early, None
+        for frame in arrived:
+            self._on_frame(frame)
 
     async def _health_check(self, deadline: float) -> None:
         """kernel_info answered on shell, and its iopub ``idle`` seen (the output channel is live)."""
