@@ -141,7 +141,8 @@ async def measure(quick: bool) -> Section:
     p50 = {name: Stats.of(xs).p50 for name, xs in round_trip.items()}
     section.targets += [
         Target("remote pool.execute p50 / local raw ipc p50", p50["pool.execute, remote"] / p50["raw ipc (local)"], 1.0, "x",
-               "the gateway's websocket hop and its re-encoding of every message"),
+               "each of a cell's messages takes one more hop, through the gateway's own Python process "
+               "(zmq → jupyter_server → websocket), on the same cores; the client's share was not split out further"),
         Target("prewarmed remote session's first result p50", first_s.p50 * 1000, 20, "ms"),
         Target("8 remote sessions × sleep(1), wall p50", conc_s.p50, 1.1, "s"),
         Target("pool process CPU with 8 idle remote kernels", 100 * idle_cpu, 1.0, "%"),
