@@ -24,13 +24,24 @@ demo: $(STAMP)  ## four sessions run a one-second cell at once
 chromium:  ## Debian's Chromium for the browser tests (installed as root when missing)
 	@command -v chromium >/dev/null || { printf '\n==> %s\n' "Installing Debian's Chromium for the browser tests"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium  ## the whole suite: lint, real kernels, packaging, real JupyterLab, real Chromium
+# Enterprise Gateway 3.3 pins jupyter_server<2 and jupyter_client<7: it gets a venv of its own,
+# which tests/gatewaykit.py finds here (pip would quietly give the shared .venv EG 2.5 instead).
+EG_VENV := .venv-eg
+$(EG_VENV)/.installed:
+	test -x $(EG_VENV)/bin/python || $(PY) -m venv $(EG_VENV)
+	echo '*' > $(EG_VENV)/.gitignore
+	$(say) "Installing Enterprise Gateway 3.3 into $(EG_VENV) for the remote tests"
+	$(EG_VENV)/bin/pip install -U pip
+	$(EG_VENV)/bin/pip install "jupyter_enterprise_gateway==3.3.0"
+	touch $@
+
+test: $(STAMP) chromium $(EG_VENV)/.installed  ## the whole suite: lint, real kernels, gateways, packaging, real JupyterLab, real Chromium
 	$(say) "Linting with ruff"
 	$(BIN)/ruff check jupyter_sessionpool tests bench examples
 	$(say) "Running the test suite (a few minutes)"
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)  ## everything but the browser tests and the packaging build
+test-fast: $(STAMP) $(EG_VENV)/.installed  ## everything but the browser tests and the packaging build
 	$(BIN)/python -m pytest -m "not browser and not packaging"
 
 lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
@@ -58,4 +69,4 @@ soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load,
 # The built extension goes too: a build finding it ships it as it is (skip-if-exists), so the
 # next `python -m build` after `make clean` makes the extension afresh from labextension/src.
 clean:
-	rm -rf $(VENV) build dist *.egg-info jupyter_sessionpool/labextension labextension/lib labextension/*.tsbuildinfo
+	rm -rf $(VENV) $(EG_VENV) build dist *.egg-info jupyter_sessionpool/labextension labextension/lib labextension/*.tsbuildinfo

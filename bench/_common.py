@@ -372,6 +372,7 @@ class Gateway:
     """A running ``jupyter kernelgateway`` (jupyter-websocket personality) on 127.0.0.1."""
 
     def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"  # what a pool's gateway_url names
         self.http = f"http://127.0.0.1:{port}/api/kernels"
         self.ws = f"ws://127.0.0.1:{port}/api/kernels"
 
@@ -396,8 +397,12 @@ class Gateway:
 
 
 @asynccontextmanager
-async def kernel_gateway(prespawn: int, nodelay: bool, timeout: float = 120) -> AsyncIterator[Gateway]:
+async def kernel_gateway(
+    prespawn: int, nodelay: bool, timeout: float = 120, extra: list[str] | None = None
+) -> AsyncIterator[Gateway]:
     """A Kernel Gateway with ``prespawn`` kernels, all listed and idle; SIGTERM'd and awaited at the end.
+
+    ``extra`` are more command-line options for the gateway.
 
     ``nodelay`` launches it through ``gateway_launch.py --nodelay``, which sets TCP_NODELAY
     on every accepted websocket (stock jupyter_server never does: each reply then waits on
@@ -411,6 +416,7 @@ async def kernel_gateway(prespawn: int, nodelay: bool, timeout: float = 120) -> 
         f"--KernelGatewayApp.port={port}",
         f"--KernelGatewayApp.prespawn_count={prespawn}",
         "--JupyterWebsocketPersonality.list_kernels=True",
+        *(extra or []),
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     gateway = Gateway(port)

@@ -170,7 +170,7 @@ class Books:
             return self.settle()
         self.counters["start_failures"] += 1
         fx = Effects()
-        if slot.attempt <= self.start_retries and not self.closed:
+        if slot.attempt <= self.start_retries and not self.closed and getattr(error, "retryable", True):
             delay = min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (slot.attempt - 1))
             self._retries.append(_Retry(self.clock() + delay, slot.attempt + 1))
             fx.retried.append(slot)

@@ -31,7 +31,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import check_timeout
 from .errors import ExecutionTimeout, KernelDied, PoolError
-from .pool import AsyncKernelPool, Lease, check_kernelspec
+from .pool import AsyncKernelPool, Lease
+from .workers.local import check_kernelspec
 from .results import ExecutionResult
 
 PASSED, FAILED, TIMEOUT, DIED, INTERRUPTED, SKIPPED = "passed", "failed", "timeout", "died", "interrupted", "skipped"

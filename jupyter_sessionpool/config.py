@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import reprlib
 from typing import Any
+from urllib.parse import urlsplit
 
 from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
@@ -109,6 +111,46 @@ class PoolSettings(LoggingConfigurable):
         help="ZeroMQ transport. ipc (a socket per kernel in a private directory) cannot race for ports; "
         "use tcp for kernels that do not support ipc.",
     ).tag(config=True)
+
+    gateway_url = Unicode(
+        help="Base URL of a Jupyter Kernel Gateway or Enterprise Gateway to run the kernels on, e.g. "
+        "http://gateway:8888; empty: local kernels. Default: the JUPYTER_GATEWAY_URL environment variable.",
+    ).tag(config=True)
+    gateway_token = Unicode(
+        help="The gateway's auth token, sent as 'Authorization: token ...' on every request and on the websocket. "
+        "Default: the JUPYTER_GATEWAY_AUTH_TOKEN environment variable.",
+    ).tag(config=True)
+    gateway_headers = Dict(
+        default_value={}, key_trait=Unicode(), value_trait=Unicode(), help="Extra HTTP headers for every request to the gateway."
+    ).tag(config=True)
+    gateway_validate_cert = Bool(True, help="Verify the gateway's TLS certificate (https gateways).").tag(config=True)
+    gateway_ca_certs = Unicode(
+        None, allow_none=True, help="A CA bundle (PEM file) to verify the gateway's certificate with; None: the system's."
+    ).tag(config=True)
+
+    @default("gateway_url")
+    def _gateway_url_default(self) -> str:
+        return os.environ.get("JUPYTER_GATEWAY_URL", "")
+
+    @default("gateway_token")
+    def _gateway_token_default(self) -> str:
+        return os.environ.get("JUPYTER_GATEWAY_AUTH_TOKEN", "")
+
+    @validate("gateway_url")
+    def _check_gateway_url(self, proposal: Any) -> str:
+        url = proposal.value.strip()
+        if not url:
+            return ""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TraitError(f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; got {url!r}")
+        if parts.query or parts.fragment:
+            raise TraitError(f"gateway_url must be the gateway's base URL, without a query or fragment; got {url!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError as exc:
+            raise TraitError(f"gateway_url has a bad port ({exc}); got {url!r}") from None
+        return url
 
     @default("log")
     def _log_default(self) -> logging.Logger:

@@ -155,14 +155,29 @@ class SessionLost(PoolError):
 
 
 class KernelStartError(PoolError):
-    """A kernel failed to start after every retry. ``stderr`` is the kernel's own tail."""
+    """A kernel failed to start after every retry. ``stderr`` is the kernel's own tail.
 
-    def __init__(self, kernel_name: str, reason: str, stderr: str = "", attempts: int = 1) -> None:
+    ``hint`` says what to check; ``retryable`` is False for failures that retrying cannot
+    cure (a gateway refusing our token or its limits), which the pool does not retry.
+    """
+
+    def __init__(
+        self,
+        kernel_name: str,
+        reason: str,
+        stderr: str = "",
+        attempts: int = 1,
+        *,
+        hint: str = "check the kernelspec with `jupyter kernelspec list`",
+        retryable: bool = True,
+    ) -> None:
         super().__init__(kernel_name, reason)
         self.kernel_name = kernel_name
         self.reason = reason
         self.stderr = stderr
         self.attempts = attempts
+        self.hint = hint
+        self.retryable = retryable
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.kernel_name, self.reason, self.stderr, self.attempts))
@@ -171,7 +186,7 @@ class KernelStartError(PoolError):
         tail = f"\n--- kernel stderr (tail) ---\n{self.stderr.rstrip()}" if self.stderr.strip() else ""
         return (
             f"kernel {self.kernel_name!r} failed to start ({self.reason}) after {self.attempts} attempt(s); "
-            f"check the kernelspec with `jupyter kernelspec list`.{tail}"
+            f"{self.hint}.{tail}"
         )
 
 

@@ -22,6 +22,7 @@ from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, P
 from .results import ExecutionResult, OutputCallback
 from .stats import PoolStats, snapshot
 from .workers.base import KernelWorker, Workers
+from .workers.gateway import GatewayWorkers
 from .workers.local import LocalWorkers
 
 Subscriber = Callable[[PoolStats], Any]
@@ -196,7 +197,11 @@ class AsyncKernelPool(PoolSettings):
         if self._loop is not None:
             return self
         self._loop = asyncio.get_running_loop()
-        await self._workers.open()
+        try:
+            await self._workers.open()
+        except BaseException:  # e.g. the gateway refused our token: the next start() tries again
+            self._loop = None
+            raise
         self._apply(self._books.settle())
         return self
 
@@ -496,8 +501,8 @@ class AsyncKernelPool(PoolSettings):
     # ---- tasks that do the kernels' I/O ---------------------------------------------------
 
     def _make_workers(self) -> Workers:
-        """The factory of this pool's kernel workers (local kernels through jupyter_client)."""
-        return LocalWorkers(self)
+        """The factory of this pool's kernel workers: on the gateway when ``gateway_url`` is set, else local."""
+        return GatewayWorkers(self) if self.gateway_url else LocalWorkers(self)
 
     async def _start(self, slot: Slot) -> None:
         worker = self._workers.new(slot.kernel_id)

@@ -16,7 +16,7 @@ from ._state import Books, KernelState, Slot
 
 @dataclass(frozen=True)
 class KernelStats:
-    """One kernel: ``state`` is starting, idle, busy, dead or stopping."""
+    """One kernel: ``state`` is starting, idle, busy, dead or stopping; ``pid`` is None for remote kernels."""
 
     kernel_id: str
     pid: int | None
@@ -25,6 +25,7 @@ class KernelStats:
     executions: int
     busy_since: float | None
     last_used: float | None
+    location: str | None = None  # where it runs: "local", or the gateway's host:port
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def _kernel(slot: Slot, wall: Any) -> KernelStats:
         executions=slot.executions,
         busy_since=wall(slot.busy_since) if slot.state is KernelState.BUSY else None,
         last_used=wall(slot.last_used),
+        location=getattr(slot.handle, "location", None),
     )
 
 

@@ -27,7 +27,7 @@ os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
 TEST_KERNELS = Path(__file__).parent / "kernels"
-pytest_plugins = ["commkit"]  # the ``frontend`` fixture for comm tests
+pytest_plugins = ["commkit", "gatewaykit"]  # ``frontend`` for comm tests; ``kg``/``eg`` gateways for remote tests
 
 
 def processes_of_this_run() -> list[tuple[int, str]]:

@@ -341,7 +341,8 @@ async def test_stats_and_subscribe_follow_the_kernel_through_its_states(make_poo
     import json
 
     json.dumps(d)
-    assert set(d["kernels"][0]) == {"kernel_id", "pid", "state", "session", "executions", "busy_since", "last_used"}
+    assert set(d["kernels"][0]) == {"kernel_id", "pid", "state", "session", "executions", "busy_since", "last_used", "location"}
+    assert d["kernels"][0]["location"] == "local"
     assert set(d["counters"]) >= {"started", "start_failures", "died", "checkouts", "timeouts"}
 
 

@@ -1,0 +1,298 @@
+"""The gateway worker on its own, against a real Kernel Gateway on 127.0.0.1.
+
+Each test's kernels are gone from the gateway when it ends (asserted by the fixture), and
+the session's gateway has none left at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+
+import pytest
+from gatewaykit import Proxy, free_port, wait_until
+from traitlets import TraitError
+
+from jupyter_sessionpool.config import PoolSettings
+from jupyter_sessionpool.errors import KernelStartError, ProtocolError
+from jupyter_sessionpool.workers import gateway as gateway_module
+from jupyter_sessionpool.workers.base import KernelExited
+from jupyter_sessionpool.workers.gateway import GatewayWorkers
+
+
+@pytest.fixture
+async def workers(kg):
+    """Make GatewayWorkers for a gateway (default: the session's KG); every worker is stopped after."""
+    made: list[GatewayWorkers] = []
+    started = []
+
+    async def make(url: str | None = None, token: str | None = None, **settings) -> GatewayWorkers:
+        ws = GatewayWorkers(PoolSettings(gateway_url=url or kg.url, gateway_token=kg.token if token is None else token, **settings))
+        made.append(ws)
+        await ws.open()
+        original = ws.new
+
+        def new(kernel_id: str):
+            worker = original(kernel_id)
+            started.append(worker)
+            return worker
+
+        ws.new = new
+        return ws
+
+    yield make
+    await asyncio.gather(*(worker.stop(5) for worker in started))
+    for ws in made:
+        await ws.close()
+    assert kg.kernels() == []
+
+
+def execute_request(code: str) -> dict:
+    return {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": False}
+
+
+async def run(worker, code: str, timeout: float = 30, seen: asyncio.Event | None = None):
+    """One cell: (execute_reply content, stream text). ``seen`` is set at the first output."""
+    request = worker.request("execute_request", execute_request(code))
+    deadline = time.monotonic() + timeout
+    reply, idle, text = None, False, ""
+    try:
+        while reply is None or not idle:
+            got = await request.next(deadline)
+            assert got is not None, f"no answer to {code!r} within {timeout} s"
+            channel, msg = got
+            if channel == "shell":
+                reply = msg["content"]
+            elif msg["msg_type"] == "status":
+                idle = msg["content"]["execution_state"] == "idle"
+            elif msg["msg_type"] == "stream":
+                text += msg["content"]["text"]
+                if seen is not None:
+                    seen.set()
+            elif msg["msg_type"] == "execute_result":
+                text += msg["content"]["data"]["text/plain"]
+    finally:
+        request.close()
+    return reply, text
+
+
+async def started(ws: GatewayWorkers, name: str = "k"):
+    worker = ws.new(name)
+    await worker.start(60)
+    return worker
+
+
+async def test_start_run_stop_leaves_no_kernel(kg, workers):
+    ws = await workers()
+    worker = await started(ws)
+    assert worker.pid is None and worker.client is None
+    assert worker.location == f"127.0.0.1:{kg.port}"
+    assert worker._v1, "the gateway offers the v1 websocket protocol; it should be used"
+    assert [k["id"] for k in kg.kernels()] == [worker.remote_id]
+    await run(worker, "x = 41")
+    reply, text = await run(worker, "print(x + 1)")
+    assert reply["status"] == "ok" and text == "42\n"
+    await worker.stop(5)
+    assert not worker.alive and kg.kernels() == []
+    await worker.stop(5)  # idempotent
+
+
+async def test_legacy_json_protocol(workers, monkeypatch):
+    monkeypatch.setattr(gateway_module, "V1_PROTOCOL", "not-offered.example")  # the gateway then picks none
+    ws = await workers()
+    worker = await started(ws)
+    assert not worker._v1
+    reply, text = await run(worker, "print('é' * 3); 6 * 7")
+    assert reply["status"] == "ok" and text == "ééé\n42"
+
+
+async def test_sessions_run_concurrently(workers):
+    ws = await workers()
+    kernels = await asyncio.gather(*(started(ws, f"k{i}") for i in range(4)))
+    t0 = time.monotonic()
+    await asyncio.gather(*(run(k, "import time; time.sleep(1)") for k in kernels))
+    assert time.monotonic() - t0 < 3.5  # serialised would be >= 4 s
+
+
+async def test_interrupt_by_rest(workers):
+    ws = await workers()
+    worker = await started(ws)
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('go', flush=True); import time; time.sleep(60)", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    await worker.interrupt()
+    reply, _ = await asyncio.wait_for(cell, 30)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert (await run(worker, "1 + 1"))[1] == "2"
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["mid-cell", "idle"])
+async def test_killed_kernel_is_noticed_within_3s(kg, workers, busy):
+    ws = await workers()
+    worker = await started(ws)
+    pid = kg.kernel_pid(worker.remote_id)
+    cell = None
+    if busy:
+        seen = asyncio.Event()
+        cell = asyncio.ensure_future(run(worker, "print('go', flush=True); import time; time.sleep(60)", seen=seen))
+        await asyncio.wait_for(seen.wait(), 30)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    reason = await asyncio.wait_for(asyncio.shield(worker.exited), 10)
+    assert time.monotonic() - t0 < 3, f"death noticed after {time.monotonic() - t0:.2f} s"
+    assert "restarting" in reason and "state is gone" in reason
+    if cell is not None:
+        with pytest.raises(KernelExited):
+            await asyncio.wait_for(cell, 1)
+    # the gateway restarted it under the same id: stopping must still delete it (DELETE is retried
+    # while the gateway is mid-restart, when it answers 500)
+    await worker.stop(5)
+    assert kg.kernels() == []
+
+
+@pytest.fixture
+async def proxy(kg):
+    """A cuttable TCP proxy in front of the session's gateway (closed after the test's workers)."""
+    proxy = await Proxy(kg.port).start()
+    yield proxy
+    await proxy.close()
+
+
+async def reconnected(worker, connections: int) -> None:
+    # the worker has no public reconnect event; its connection count is the observable
+    await wait_until(lambda: worker._connection >= connections and worker._ws is not None, 20, "the reconnect")
+
+
+async def test_websocket_drop_reconnects_and_keeps_state(proxy, workers, caplog):
+    caplog.set_level(logging.INFO, "jupyter_sessionpool")
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    await run(worker, "x = 1")
+    assert proxy.cut() == 1
+    await reconnected(worker, 2)
+    reply, text = await run(worker, "x + 1")
+    assert reply["status"] == "ok" and text == "2"
+    # a cut while a cell runs: the gateway buffers the cell's messages and replays them on reconnect
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('a', flush=True); import time; time.sleep(1); print('b'); x += 1", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    proxy.cut()
+    reply, text = await asyncio.wait_for(cell, 30)
+    assert reply["status"] == "ok" and text == "a\nb\n"
+    assert (await run(worker, "x"))[1] == "2"
+    assert worker.alive
+    assert sum("reconnected" in r.message for r in caplog.records) == 2
+
+
+async def test_request_lost_in_a_cut_fails_instead_of_hanging(proxy, workers):
+    """Sent into a connection that is already dead (not yet noticed): nobody can tell whether
+    the kernel ran it, so the request fails with a clear error once the reconnect shows it lost."""
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    proxy.cut()
+    with pytest.raises(ProtocolError, match="reply was lost"):
+        await run(worker, "1 + 1")
+
+
+async def test_reply_lost_in_a_cut_fails_its_request(proxy, workers):
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('a', flush=True); import time; time.sleep(1)", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    real = worker._on_frame
+
+    def drop_the_reply(frame):  # the reply was in flight when the connection broke: lost with it
+        if frame is not None and b"execute_reply" in (frame if isinstance(frame, bytes) else frame.encode()):
+            worker._on_frame = real
+            proxy.cut()
+            return None
+        return real(frame)
+
+    worker._on_frame = drop_the_reply
+    with pytest.raises(ProtocolError, match="reply was lost"):
+        await asyncio.wait_for(cell, 30)
+
+
+async def test_cancelled_start_and_stop_leave_no_kernel(kg, workers):
+    ws = await workers()
+    worker = ws.new("k")
+    task = asyncio.ensure_future(worker.start(60))
+    await wait_until(lambda: kg.kernels(), 30, "the POST to create the kernel")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert kg.kernels() == []
+    other = await started(ws, "k2")
+    stopping = asyncio.ensure_future(other.stop(5))
+    await asyncio.sleep(0)
+    stopping.cancel()
+    await ws.close()  # waits for the delete the cancelled stop began
+    assert kg.kernels() == []
+
+
+async def test_bad_token_is_a_clear_non_retryable_error(kg, workers):
+    with pytest.raises(KernelStartError, match="HTTP 401") as info:
+        await workers(token="wrong")
+    assert not info.value.retryable and "gateway_token" in str(info.value) and "wrong" not in str(info.value)
+
+
+async def test_unknown_kernelspec_lists_the_gateways(workers):
+    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, python3") as info:
+        await workers(kernel_name="nope")
+    assert not info.value.retryable
+
+
+async def test_nothing_listening_is_retryable_and_checked_again(workers, caplog):
+    caplog.set_level(logging.WARNING, "jupyter_sessionpool")
+    ws = await workers(url=f"http://127.0.0.1:{free_port()}")
+    assert any("cannot check kernel" in r.message for r in caplog.records)
+    with pytest.raises(KernelStartError, match="does not answer") as info:
+        await ws.new("k").start(10)
+    assert info.value.retryable
+
+
+async def test_kernel_that_crashes_at_start(kg, workers):
+    ws = await workers(kernel_name="crash")
+    t0 = time.monotonic()
+    with pytest.raises(KernelStartError, match="exited during start-up"):
+        await ws.new("k").start(60)
+    assert time.monotonic() - t0 < 40
+    assert kg.kernels() == []
+
+
+def test_gateway_url_is_validated():
+    for bad in ("ftp://gw:8888", "http://", "gw:8888", "http://gw:8888/?x=1", "http://gw:99999"):
+        with pytest.raises(TraitError, match="gateway_url"):
+            PoolSettings(gateway_url=bad)
+    assert PoolSettings(gateway_url=" https://gw.example.com/base/ ").gateway_url == "https://gw.example.com/base/"
+
+
+def test_gateway_settings_default_from_jupyter_server_environment(monkeypatch):
+    monkeypatch.setenv("JUPYTER_GATEWAY_URL", "http://gw:8888")
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", "s3cret")
+    settings = PoolSettings()
+    assert settings.gateway_url == "http://gw:8888" and settings.gateway_token == "s3cret"
+    monkeypatch.delenv("JUPYTER_GATEWAY_URL")
+    assert PoolSettings().gateway_url == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_QUICKACK exists only on Linux")
+async def test_round_trips_do_not_wait_for_delayed_acks(workers):
+    """A stock gateway sends with Nagle on: without QUICKACK re-armed per frame, every round
+    trip waits ~40 ms for the client's delayed ACK, however idle the machine."""
+    ws = await workers()
+    worker = await started(ws)
+    samples = []
+    for _ in range(25):
+        t0 = time.monotonic()
+        await run(worker, "pass")
+        samples.append(time.monotonic() - t0)
+    # a delayed ACK costs every round trip >= 40 ms, so even the fastest of 25 would show it;
+    # load only slows some of them
+    assert min(samples) < 0.030, f"fastest round trip {min(samples) * 1000:.1f} ms, median {statistics.median(samples) * 1000:.1f} ms"
