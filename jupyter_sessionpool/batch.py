@@ -197,7 +197,7 @@ def _plan(
     if inplace and out is not None:
         raise UsageError("give either an output directory or inplace, not both")
     _check_parameters(parameters)
-    if kernel_name is not None:
+    if kernel_name is not None and not remote:  # a gateway's kernelspecs are checked when the pool opens
         _check_kernel(kernel_name, "--kernel")
     ksm = KernelSpecManager()
     languages: dict[str, str] = {}
@@ -216,7 +216,9 @@ def _plan(
         except Exception as exc:  # unreadable, not JSON, not a notebook: say which file and why
             raise UsageError(f"cannot read notebook {str(path)!r}: {exc}") from None
         kernel = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
-        if kernel not in languages:
+        if kernel not in languages and remote:
+            languages[kernel] = str(nb.metadata.get("kernelspec", {}).get("language", "python")).lower()
+        elif kernel not in languages:
             _check_kernel(kernel, f"notebook {str(path)!r} asks for kernelspec")
             languages[kernel] = ksm.get_kernel_spec(kernel).language.lower()
         python = languages[kernel] == "python"
