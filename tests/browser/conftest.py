@@ -52,6 +52,7 @@ class JupyterServer:
         self.app = app
         self.root = root
         self.log_path = home / f"{app}.log"
+        self.ipython_dir = home / "ipython"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = home / "settings"
@@ -65,6 +66,7 @@ class JupyterServer:
             "JUPYTERLAB_SETTINGS_DIR": str(settings),
             "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "IPYTHONDIR": str(self.ipython_dir),  # kernels get a profile of their own, never ~/.ipython
         }
         command = [
             str(Path(sys.executable).with_name(f"jupyter-{app}")),

@@ -15,7 +15,15 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from .conftest import JupyterServer
-from .helpers import cell, current_notebook, open_notebook, open_panel_from_palette, output, run_cell
+from .helpers import (
+    cell,
+    current_notebook,
+    open_notebook,
+    open_panel_from_palette,
+    output,
+    run_cell,
+    wait_kernel_idle,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -145,7 +153,8 @@ def test_sessions_live_background_output_and_panel_actions(
 def test_a_kernel_restart_leaves_panel_and_widget_working(
     page: Page, server: JupyterServer, console_errors: list[str]
 ) -> None:
-    cells = ["%load_ext jupyter_sessionpool", "%%pool session=s\nprint('s ready')", "%pool status"]
+    cells = ["%load_ext jupyter_sessionpool", "%%pool session=s\nprint('s ready')", "%pool status",
+             "import os; os._exit(1)"]
     open_notebook(page, server, "restart.ipynb", cells)
     panel = open_panel_from_palette(page)
     for index in range(3):
@@ -154,16 +163,32 @@ def test_a_kernel_restart_leaves_panel_and_widget_working(
     expect(row(panel, "s", "idle")).to_be_visible()
     expect(output(page, 2).locator(".jsp-pool-widget .jsp-kernel[data-session='s']")).to_be_visible()
 
-    # the restart drops the pool (the kernel shuts it down on its way out) and the comm
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.restartKernel()")
+    # a restart drops the pool (the kernel shuts it down on its way out) and the comm
+    restarted = page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.restartKernel()"
+                              ".then(() => 'ok', error => String(error))")
+    assert restarted == "ok"
+    expect(row(panel, "s")).to_have_count(0)
     expect(panel).to_contain_text("restart.ipynb: no pool in this kernel")
-    page.wait_for_function(
-        "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'"
-    )
-
-    # the restarted kernel: the panel finds its pool again and acts on it
+    wait_kernel_idle(page, server)
     run_cell(page, 0)
     expect(panel).to_contain_text("restart.ipynb: no pool yet")
+
+    # A kernel that dies is restarted by the server, with no kernel change for the panel to
+    # see. This one loads the extension at start, before the frontend listens to it again,
+    # so the panel must look for the extension by itself.
+    startup = server.ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-jupyter-sessionpool.py").write_text("get_ipython().run_line_magic('load_ext', 'jupyter_sessionpool')\n")
+    try:
+        run_cell(page, 3)
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("restart automatically", timeout=60_000)
+        dialog.get_by_role("button").last.click()
+        expect(panel).to_contain_text("restart.ipynb: no pool yet", timeout=60_000)
+    finally:
+        (startup / "00-jupyter-sessionpool.py").unlink()
+
+    # the new pool shows in the panel, and the panel acts on it
     run_cell(page, 1)
     expect(row(panel, "s", "idle")).to_be_visible(timeout=POOL_START)
     release(page, panel, "s")
