@@ -154,7 +154,7 @@ def test_a_kernel_restart_leaves_panel_and_widget_working(
     page: Page, server: JupyterServer, console_errors: list[str]
 ) -> None:
     cells = ["%load_ext jupyter_sessionpool", "%%pool session=s\nprint('s ready')", "%pool status",
-             "import os; os._exit(1)"]
+             "import os, threading\nthreading.Timer(1, os._exit, (1,)).start()  # dies after the cell"]
     open_notebook(page, server, "restart.ipynb", cells)
     panel = open_panel_from_palette(page)
     for index in range(3):
@@ -168,6 +168,13 @@ def test_a_kernel_restart_leaves_panel_and_widget_working(
                               ".then(() => 'ok', error => String(error))")
     assert restarted == "ok"
     expect(row(panel, "s")).to_have_count(0)
+    # the old kernel's widget says it is not live, once, rather than a broken icon per part
+    widget = output(page, 2).locator(".jsp-pool-widget")
+    expect(widget).to_have_class(re.compile(r"\bjupyter-widgets-disconnected\b"))
+    assert "Run %pool status for a live one" in widget.evaluate("el => getComputedStyle(el, '::before').content")
+    icons = widget.evaluate("el => [...el.querySelectorAll('.jupyter-widgets-disconnected')]"
+                            ".map(part => getComputedStyle(part, '::before').content)")
+    assert icons and set(icons) == {"none"}
     expect(panel).to_contain_text("restart.ipynb: no pool in this kernel")
     wait_kernel_idle(page, server)
     run_cell(page, 0)
