@@ -324,7 +324,7 @@ def test_empty_cells_show_a_dash_and_remote_kernels_show_where_they_run(make_ker
         location: str | None = None
 
     now = time.time()
-    remote = pool.stats().__class__(
+    remote = PoolStats(
         kernel_name="python3", max_kernels=2, min_idle=0, closed=False, waiting=(), counters={"started": 2},
         kernels=(RemoteKernelStats("k-1-aa", None, "busy", "a", 3, now - 5, now, "gateway.example:8888"),
                  RemoteKernelStats("k-2-bb", None, "idle", None, 0, None, None)))
