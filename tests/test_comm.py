@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from commkit import SETUP, Data, Frontend
-from jupyter_sessionpool.notebook.comm import MIN_INTERVAL, TARGET, VERSION
+from jupyter_sessionpool.notebook.comm import MIN_INTERVAL, TARGET, VERSION, snapshot_message
 
 
 
@@ -167,3 +167,21 @@ def test_snapshots_are_coalesced_and_end_on_the_latest_state(frontend: Frontend)
     assert all(gap > MIN_INTERVAL * 0.6 for gap in gaps), gaps  # at most a few per second
     events = int(frontend.execute("print(len(events) - n0)"))
     assert events >= 80 and len(snapshots) < events / 4, (events, len(snapshots))  # far fewer than events
+
+
+def test_snapshot_of_a_remote_kernel_has_no_memory_and_keeps_its_location() -> None:
+    """What the panel gets for a kernel with no local process (a gateway's): rss None, and
+    any extra field of KernelStats (``location``) passed through as is."""
+    from dataclasses import dataclass
+
+    from jupyter_sessionpool.stats import KernelStats, PoolStats
+
+    @dataclass(frozen=True)
+    class RemoteKernelStats(KernelStats):
+        location: str | None = None
+
+    stats = PoolStats(kernel_name="python3", max_kernels=1, min_idle=0, closed=False, waiting=(), counters={},
+                      kernels=(RemoteKernelStats("k-1", None, "idle", "a", 0, None, None, "gateway:8888"),))
+    message = snapshot_message(stats)
+    [kernel] = message["pool"]["kernels"]
+    assert (kernel["pid"], kernel["rss"], kernel["location"]) == (None, None, "gateway:8888")

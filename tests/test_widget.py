@@ -3,7 +3,7 @@
 Determinism without sleeps: the pool delivers its event for a change before the call that
 made it returns, so ``widget.flush()`` after a pool call renders that change; a subscriber
 added after the widget sees each event after the widget has stored it, so flushing there
-renders every intermediate state; waits for the timer's own renders use a trait observer.
+renders every intermediate state; waits for the timer's own renders wrap the widget's render.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import nbformat
@@ -24,10 +25,12 @@ from nbclient import NotebookClient
 from nbconvert import MarkdownExporter
 
 from jupyter_sessionpool import KernelPool, PoolStats
+from jupyter_sessionpool.stats import KernelStats
 from jupyter_sessionpool.notebook.widget import PoolWidget
 
-_ROW = re.compile(r"<tr data-kernel='([^']*)' data-state='([^']*)' data-session='([^']*)'>(.*?)</tr>")
-_CELL = re.compile(r"<td[^>]*>(.*?)</td>")
+_ROW = re.compile(r"<div class='jsp-kernel' data-kernel='([^']*)' data-state='([^']*)' data-session='([^']*)'>(.*)</div>")
+_CELL = re.compile(r"<span class='jsp-col jsp-col-(\w+)'[^>]*>(.*?)</span>(?=<span class='jsp-col|$)")
+DASH = "–"
 
 
 @pytest.fixture
@@ -55,22 +58,43 @@ def widgets():
 
 
 def rows(w: PoolWidget) -> list[dict[str, str]]:
-    """The kernel rows the widget renders now: id, state, session, busy-for, runs, memory."""
+    """The kernel rows the widget shows now: id, state, session and each cell by column name."""
     found = []
-    for kernel_id, state, session, body in _ROW.findall(w._table.value):
-        cells = [re.sub(r"<[^>]+>", "", c) for c in _CELL.findall(body)]
+    for box in w._body.children:
+        [(kernel_id, state, session, body)] = _ROW.findall(box.children[0].value)
+        cells = {column: html.unescape(re.sub(r"<[^>]+>", "", c)) for column, c in _CELL.findall(body)}
         found.append(dict(kernel_id=kernel_id, state=state, session=html.unescape(session),
-                          busy_for=cells[3], runs=cells[4], memory=cells[5]))
+                          shown_session=cells["session"], busy_for=cells["busy"],
+                          **{k: v for k, v in cells.items() if k not in ("kernel", "state", "session", "busy")}))
     return found
 
 
+def shown_row(w: PoolWidget, session: str):
+    """The row the widget shows for ``session``'s kernel (raises if there is none)."""
+    for row in w._rows.values():
+        if row.box in w._body.children and row.session == session:
+            return row
+    raise LookupError(f"no row for session {session!r}")
+
+
 def button(w: PoolWidget, action: str, session: str) -> Button:
-    """The widget's ``action`` button for ``session`` (raises if there is none)."""
-    for row in w._actions.children:
-        for child in row.children:
-            if isinstance(child, Button) and child.tooltip == f"{action} session {session}":
-                return child
-    raise LookupError(f"no {action} button for session {session!r}")
+    """The ``action`` button shown in ``session``'s row (raises if there is none)."""
+    b = shown_row(w, session).buttons[action]
+    if b.layout.display == "none":
+        raise LookupError(f"no {action} button shown for session {session!r}")
+    return b
+
+
+def confirmed(w: PoolWidget, action: str, session: str) -> None:
+    """Click ``action`` in ``session``'s row, then its confirming button."""
+    button(w, action, session).click()
+    confirm = button(w, "confirm", session)
+    assert confirm.description == f"Confirm {action}"
+    confirm.click()
+
+
+def no_kernels_text(w: PoolWidget) -> str:
+    return re.sub(r"<[^>]+>", "", w._head.value)
 
 
 def record_every_event(pool: KernelPool, w: PoolWidget, until: Callable[[list[dict[str, str]]], bool]):
@@ -101,18 +125,20 @@ def states_of(history: list[list[dict[str, str]]], kernel_id: str) -> list[tuple
 
 
 def wait_for_render(w: PoolWidget, predicate: Callable[[list[dict[str, str]]], bool], timeout: float = 30) -> None:
-    """Block until the widget's own timer renders rows satisfying ``predicate``."""
+    """Block until one of the widget's own renders (its timer's) shows rows satisfying ``predicate``."""
     hit = threading.Event()
+    render = w._render
 
-    def on_change(_change: dict[str, Any]) -> None:
+    def render_and_check() -> None:
+        render()
         if predicate(rows(w)):
             hit.set()
 
-    w._table.observe(on_change, "value")
+    w._render = render_and_check
     try:
         assert hit.wait(timeout), f"widget never rendered the expected rows; it shows {rows(w)}"
     finally:
-        w._table.unobserve(on_change, "value")
+        del w._render
 
 
 # ---- the view follows the pool ----------------------------------------------------------------
@@ -135,7 +161,7 @@ def test_follows_start_busy_idle_and_release(make_kernel_pool, widgets):
         w.flush()
         [idle] = [r for r in rows(w) if r["kernel_id"] == lease.kernel_id]
         assert (idle["state"], idle["session"], idle["runs"]) == ("idle", "a", "1")
-        assert idle["memory"].endswith("MiB") and idle["busy_for"] == ""
+        assert idle["memory"].endswith("MiB") and idle["busy_for"] == DASH
         assert button(w, "interrupt", "a").disabled is True
         assert "checkouts 1" in w._footer.value
 
@@ -185,7 +211,7 @@ def test_updates_arrive_coalesced_without_flush(make_kernel_pool, widgets):
     w = pool.widget()
     widgets.append(w)
     renders: list[float] = []
-    w._table.observe(lambda _c: renders.append(time.monotonic()), "value")
+    shown_row(w, "a").cells.observe(lambda _c: renders.append(time.monotonic()), "value")
     events: list[PoolStats] = []
     unsubscribe = pool.subscribe(events.append)
     start = time.monotonic()
@@ -208,7 +234,7 @@ def test_busy_time_ticks_then_no_timer_stays_armed(make_kernel_pool, widgets):
         # no pool event happens while the lease is held: only the widget's tick can move this
         wait_for_render(w, lambda r: [(k["state"], k["busy_for"]) for k in r] == [("busy", "2 s")])
     w.flush()
-    assert [(k["state"], k["busy_for"]) for k in rows(w)] == [("idle", "")]
+    assert [(k["state"], k["busy_for"]) for k in rows(w)] == [("idle", DASH)]
     assert w._timer is None
 
 
@@ -252,26 +278,64 @@ def test_interrupt_button_stops_a_running_cell(make_kernel_pool, widgets):
     assert "interrupt a: done" in w._note.value
 
 
-def test_restart_and_release_buttons(make_kernel_pool, widgets):
+def test_restart_and_release_ask_before_they_lose_state(make_kernel_pool, widgets):
     pool = make_kernel_pool(max_kernels=1)
     pool.execute("x = 41", session="a")
     w = pool.widget()
     widgets.append(w)
     [first] = rows(w)
 
-    button(w, "restart", "a").click()
+    for action in ("restart", "release"):  # the first click only asks; cancel keeps everything
+        button(w, action, "a").click()
+        assert "every variable and import of the session is lost" in w._note.value
+        with pytest.raises(LookupError):
+            button(w, action, "a")  # the row now offers confirm and cancel only
+        button(w, "cancel", "a").click()
+        assert pool.execute("x", session="a").result == "41"
+        w.flush()
+        assert [r["kernel_id"] for r in rows(w)] == [first["kernel_id"]]
+        assert button(w, action, "a").description == action.capitalize()
+
+    confirmed(w, "restart", "a")
     assert "restart a: done" in w._note.value
     r = pool.execute("'x' in globals()", session="a")
     assert r.result == "False"
     w.flush()
     [second] = rows(w)
     assert second["kernel_id"] != first["kernel_id"] and second["session"] == "a"
+    assert button(w, "release", "a").description == "Release"  # the new kernel's row is not asking
 
-    button(w, "release", "a").click()
+    confirmed(w, "release", "a")
     assert "release a: done" in w._note.value
     assert pool.sessions() == []
     w.flush()
-    assert rows(w) == [] and w._actions.children == ()
+    assert rows(w) == [] and w._body.children == ()
+    assert no_kernels_text(w) == "no kernels running: sessions released; the next %%pool cell starts one"
+
+
+def test_empty_cells_show_a_dash_and_remote_kernels_show_where_they_run(make_kernel_pool, widgets):
+    pool = make_kernel_pool(max_kernels=2)
+    w = pool.widget()
+    widgets.append(w)
+    assert no_kernels_text(w) == "no kernels yet: the first %%pool cell starts one"
+
+    @dataclass(frozen=True)
+    class RemoteKernelStats(KernelStats):  # what a gateway-backed pool reports (KernelStats.location)
+        location: str | None = None
+
+    now = time.time()
+    remote = PoolStats(
+        kernel_name="python3", max_kernels=2, min_idle=0, closed=False, waiting=(), counters={"started": 2},
+        kernels=(RemoteKernelStats("k-1-aa", None, "busy", "a", 3, now - 5, now, "gateway.example:8888"),
+                 RemoteKernelStats("k-2-bb", None, "idle", None, 0, None, None)))
+    w._on_stats(remote)
+    w.flush()
+    busy, idle = rows(w)
+    assert "memory" not in busy and "memory" not in w._head.value  # no kernel has a process here
+    assert (busy["session"], busy["location"], busy["runs"]) == ("a", "gateway.example:8888", "3")
+    assert busy["busy_for"].endswith(" s")
+    assert (idle["shown_session"], idle["busy_for"], idle["location"]) == (DASH, DASH, DASH)
+    assert "runs on" in w._head.value
 
 
 # ---- several widgets, closing --------------------------------------------------------------------
@@ -297,6 +361,34 @@ def test_several_widgets_stay_live_and_close_unsubscribes(make_kernel_pool):
         two.close()
     assert len(pool._async._subscribers) == subscribers
     assert set(_instances) == models, "closing the widgets left widget models open"
+
+
+def test_pool_shutdown_closes_no_widget_models(make_kernel_pool, widgets):
+    """A notebook kernel that restarts shuts its pool down on the way out: the frontend has
+    forgotten that kernel's comms by then, so each comm_close would log "Comm not found".
+    Rows of kernels that went are kept for reuse; only ``close()`` closes them."""
+    pool = make_kernel_pool(max_kernels=2)
+    pool.execute("pass", session="a")
+    pool.execute("pass", session="b")
+    w = pool.widget()
+    widgets.append(w)
+    assert len(rows(w)) == 2
+    models = set(_instances)
+    pool.shutdown()
+    w.flush()
+    assert set(_instances) == models, "the pool's shutdown closed widget models"
+    assert rows(w) == [] and no_kernels_text(w) == "no kernels: the pool is shut down"
+
+    pool = make_kernel_pool(max_kernels=1)  # a release reuses the row for the next kernel
+    w = pool.widget()
+    widgets.append(w)
+    pool.execute("pass", session="a")
+    w.flush()
+    first = shown_row(w, "a")
+    pool.release("a")
+    pool.execute("pass", session="c")
+    w.flush()
+    assert shown_row(w, "c") is first and first.buttons["confirm"].layout.display == "none"
 
 
 def test_close_while_busy_disarms_the_timer(make_kernel_pool):

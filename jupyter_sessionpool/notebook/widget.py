@@ -32,6 +32,17 @@ if TYPE_CHECKING:
 _MIN_INTERVAL = 0.25  # seconds between two renders: at most 4 updates a second
 _TICK = 1.0  # seconds between renders while busy times run and nothing else changes
 _ACTIONS = ("interrupt", "restart", "release")
+_CONFIRM = ("restart", "release")  # they lose the session's state: a second click confirms
+DASH = "–"  # an empty cell: no value, or none yet
+_COLUMNS = {  # column -> (heading, width)
+    "kernel": ("kernel", "9em"),
+    "state": ("state", "7em"),
+    "session": ("session", "9em"),
+    "busy": ("busy for", "5.5em"),
+    "runs": ("runs", "3.5em"),
+    "memory": ("memory", "5.5em"),
+    "location": ("runs on", "12em"),
+}
 _STATE_STYLE = {  # state -> (symbol, colour): a cue that does not rely on colour alone
     "starting": ("◌", "#1565c0"),
     "idle": ("●", "#2e7d32"),
@@ -45,11 +56,17 @@ class PoolWidget(VBox):
     """A live view of ``pool``: one row per kernel, the waiting checkouts, the counters.
 
     Each kernel row shows its short id, state, session, how long it has been busy, its
-    executions and its memory (RSS). Each named session gets interrupt, restart and
-    release buttons, which call the pool's own methods. Several widgets may watch one
-    pool; :meth:`close` unsubscribes this one. Where widgets cannot render (terminal
-    IPython, a notebook exported without widget state) the plain-text repr is the pool's
-    text table.
+    executions, its memory (RSS) and, for a remote kernel, where it runs; a row of a named
+    session ends with interrupt, restart and release buttons, which call the pool's own
+    methods (restart and release, which lose the session's state, ask for a confirming
+    second click). Memory shows only when some kernel is a local process. Several widgets
+    may watch one pool; :meth:`close` unsubscribes this one. Where widgets cannot render
+    (terminal IPython, a notebook exported without widget state) the plain-text repr is
+    the pool's text table.
+
+    Row widgets are reused for the next kernel rather than closed when their kernel goes:
+    a pool shutting down as its kernel exits (a notebook kernel restart) then sends the
+    frontend no comm_close for models it has already forgotten. :meth:`close` closes them.
     """
 
     def __init__(self, pool: KernelPool) -> None:
@@ -61,12 +78,13 @@ class PoolWidget(VBox):
         self._last_render = 0.0
         self._closed = False
         self._summary = HTML()
-        self._table = HTML()
+        self._head = HTML()
+        self._body = VBox()
         self._footer = HTML()
         self._note = HTML()
-        self._actions = VBox()
-        self._rows: dict[str, tuple[HBox, dict[str, Button]]] = {}
-        super().__init__(children=(self._summary, self._table, self._actions, self._footer, self._note))
+        self._rows: dict[str, _KernelRow] = {}
+        self._spare: list[_KernelRow] = []
+        super().__init__(children=(self._summary, self._head, self._body, self._footer, self._note))
         self.add_class("jsp-pool-widget")
         # Subscribe before taking the first snapshot: any event that arrives in between is
         # at least as new as that snapshot (the pool notifies after every change), so it wins.
@@ -128,9 +146,11 @@ class PoolWidget(VBox):
                 self._timer.cancel()
                 self._timer = None
             latest = self._latest
-            parts = [self._summary, self._table, self._footer, self._note, self._actions]
-            parts += [w for row, _ in self._rows.values() for w in (row, *row.children)]
+            parts = [self._summary, self._head, self._footer, self._note, self._body]
+            for row in [*self._rows.values(), *self._spare]:
+                parts += row.widgets()
             self._rows.clear()
+            self._spare.clear()
         if latest is not None and not latest.closed:
             self._unsubscribe()  # a closed pool never calls back, and its thread may be gone
         _close_widgets(parts)
@@ -144,44 +164,53 @@ class PoolWidget(VBox):
         if self._closed or stats is None:
             return
         now = time.time()
+        columns = _columns(stats)
         self._summary.value = _summary_html(stats)
         self._footer.value = _footer_html(stats, now)
-        self._render_actions(stats)
-        self._table.value = _table_html(stats, now)  # last: whoever sees it change sees a complete view
+        self._head.value = _head_html(stats, columns)
+        self._render_rows(stats, columns, now)
         self._last_render = time.monotonic()
         if not stats.closed and (stats.count("busy") or stats.waiting):
             self._arm(self._last_render + _TICK)
 
-    def _render_actions(self, stats: PoolStats) -> None:
-        """One row of buttons per named session; rows are kept while their session lives."""
-        live = {} if stats.closed else {k.session: k for k in stats.kernels if k.session and k.state in ("idle", "busy")}
-        for session in [s for s in self._rows if s not in live]:
-            row, _ = self._rows.pop(session)
-            _close_widgets([row, *row.children])
-        for session, kernel in live.items():
-            if session not in self._rows:
-                self._rows[session] = self._session_row(session)
-            self._rows[session][1]["interrupt"].disabled = kernel.state != "busy"
-        children = tuple(self._rows[s][0] for s in live)
-        if self._actions.children != children:
-            self._actions.children = children
-
-    def _session_row(self, session: str) -> tuple[HBox, dict[str, Button]]:
-        label = HTML(f"<code>{html.escape(session)}</code>", layout=Layout(width="12em"))
-        buttons = {}
-        for action in _ACTIONS:
-            button = Button(description=action, tooltip=f"{action} session {session}", layout=Layout(width="auto"))
-            button.add_class(f"jsp-{action}")
-            button.on_click(lambda _b, a=action: self._act(a, session))
-            buttons[action] = button
-        row = HBox([label, *buttons.values()])
-        row.add_class("jsp-session-actions")
-        return row, buttons
+    def _render_rows(self, stats: PoolStats, columns: tuple[str, ...], now: float) -> None:
+        """One row per kernel, in the snapshot's order; rows of kernels gone become spares."""
+        live = {k.kernel_id: k for k in stats.kernels}
+        for kernel_id in [i for i in self._rows if i not in live]:
+            row = self._rows.pop(kernel_id)
+            row.forget()
+            self._spare.append(row)
+        for kernel in stats.kernels:
+            row = self._rows.get(kernel.kernel_id)
+            if row is None:
+                row = self._spare.pop() if self._spare else _KernelRow(self._confirm_or_act)
+                self._rows[kernel.kernel_id] = row
+            row.show(kernel, columns, now, actionable=not stats.closed)
+        children = tuple(self._rows[k.kernel_id].box for k in stats.kernels)
+        if self._body.children != children:
+            self._body.children = children
 
     # ---- actions (kernel main thread, from button clicks) --------------------------------
 
+    def _confirm_or_act(self, row: _KernelRow, name: str) -> None:
+        """A row's button ``name``: interrupt at once; restart and release once confirmed."""
+        with self._lock:
+            session, action = row.session, row.confirming if name == "confirm" else name
+            if session is None or action is None:
+                return  # the row's kernel went, or the ask was undone, while the click travelled
+            if action in _CONFIRM and name != "confirm":
+                row.ask(action)
+                self._note.value = (f"<small>{html.escape(action)} {html.escape(session)}: every variable "
+                                    "and import of the session is lost; confirm or cancel</small>")
+                return
+            row.ask(None)
+            if action == "cancel":
+                self._note.value = ""
+                return
+        self._act(action, session)
+
     def _act(self, action: str, session: str) -> None:
-        """Run a button's action through the pool's own method and say how it went."""
+        """Run an action through the pool's own method and say how it went."""
         method: Callable[[str], bool] = getattr(self._pool, action)
         try:
             done = method(session)
@@ -203,6 +232,74 @@ class PoolWidget(VBox):
         return data
 
 
+class _KernelRow:
+    """One kernel's row: its cells (one HTML) and, for a named session, its action buttons.
+
+    ``confirming`` is the action (restart or release) waiting for its confirming click:
+    the row then shows "Confirm …" and "Cancel" in place of its three buttons.
+    """
+
+    def __init__(self, on_click: Callable[[_KernelRow, str], None]) -> None:
+        self.session: str | None = None
+        self.confirming: str | None = None
+        self.cells = HTML()
+        self.buttons: dict[str, Button] = {}
+        for name in (*_ACTIONS, "confirm", "cancel"):
+            button = Button(description=name.capitalize(), layout=Layout(width="auto"))
+            button.add_class(f"jsp-{name}")
+            button.on_click(lambda _b, n=name: on_click(self, n))
+            self.buttons[name] = button
+        self.buttons["confirm"].button_style = "danger"
+        self.box = HBox([self.cells, *self.buttons.values()], layout=Layout(align_items="center"))
+        self.box.add_class("jsp-kernel-row")
+        self._shown: tuple[str, ...] = ()
+
+    def widgets(self) -> list[Any]:
+        return [self.box, self.cells, *self.buttons.values()]
+
+    def show(self, kernel: KernelStats, columns: tuple[str, ...], now: float, actionable: bool) -> None:
+        """Render ``kernel``; buttons only for a named session whose kernel can take them."""
+        if kernel.session != self.session:
+            self.session = kernel.session
+            self.confirming = None
+            for name in _ACTIONS:
+                self.buttons[name].tooltip = f"{name.capitalize()} session {kernel.session}"
+            self.buttons["cancel"].tooltip = f"Keep session {kernel.session} as it is"
+        cells = _row_html(kernel, columns, now)
+        if self.cells.value != cells:
+            self.cells.value = cells
+        if not actionable or kernel.session is None or kernel.state not in ("idle", "busy"):
+            self._display(())
+        elif self.confirming is not None:
+            self._display(("confirm", "cancel"))
+        else:
+            self.buttons["interrupt"].disabled = kernel.state != "busy"
+            self._display(_ACTIONS)
+
+    def ask(self, action: str | None) -> None:
+        """Ask to confirm ``action`` in place of the buttons (None: back to the buttons)."""
+        self.confirming = action
+        if action is not None:
+            self.buttons["confirm"].description = f"Confirm {action}"
+            self.buttons["confirm"].tooltip = f"{action.capitalize()} session {self.session}: its state is lost"
+            self._display(("confirm", "cancel"))
+        else:
+            self._display(_ACTIONS)
+
+    def forget(self) -> None:
+        """The row's kernel is gone: hide everything until the row shows another kernel."""
+        self.session = None
+        self.confirming = None
+        self._display(())
+
+    def _display(self, actions: tuple[str, ...]) -> None:
+        if actions == self._shown:
+            return
+        self._shown = actions
+        for action, button in self.buttons.items():
+            button.layout.display = None if action in actions else "none"
+
+
 def _close_widgets(parts: list[Any]) -> None:
     """Close widgets with the layout and style models they own (ipywidgets leaves those open)."""
     for part in parts:
@@ -212,39 +309,72 @@ def _close_widgets(parts: list[Any]) -> None:
         part.close()
 
 
+_STYLE = "<style>.jsp-pool-widget .jsp-col{display:inline-block;overflow:hidden;text-overflow:ellipsis;" \
+    "white-space:nowrap;vertical-align:middle;padding-right:.5em}" + "".join(
+        f".jsp-pool-widget .jsp-col-{column}{{width:{width}}}" for column, (_, width) in _COLUMNS.items()) + "</style>"
+"""The cells' layout, once per widget: every row is a line of fixed-width cells."""
+
+
 def _summary_html(stats: PoolStats) -> str:
     closed = " <b>(closed)</b>" if stats.closed else ""
     return (
-        f"<b>{html.escape(stats.kernel_name)} pool</b>: {stats.count('busy')}/{stats.max_kernels} busy, "
+        f"{_STYLE}<b>{html.escape(stats.kernel_name)} pool</b>: {stats.count('busy')}/{stats.max_kernels} busy, "
         f"{stats.count('idle')} idle, {stats.count('starting')} starting{closed}"
     )
 
 
-def _table_html(stats: PoolStats, now: float) -> str:
-    head = "".join(f"<th style='text-align:left;padding:0 .8em 0 0'>{h}</th>"
-                   for h in ("kernel", "state", "session", "busy for", "runs", "memory"))
-    rows = [_kernel_row(k, now) for k in stats.kernels]
-    if not rows:
-        rows = ["<tr><td colspan='6'><i>no kernels yet</i></td></tr>"]
-    return f"<table class='jsp-kernels'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+def _columns(stats: PoolStats) -> tuple[str, ...]:
+    """The columns for ``stats``: memory when a kernel is a local process, location when known."""
+    columns = ["kernel", "state", "session", "busy", "runs"]
+    if any(k.pid is not None for k in stats.kernels):
+        columns.append("memory")
+    if any(_location(k) for k in stats.kernels):
+        columns.append("location")
+    return tuple(columns)
 
 
-def _kernel_row(k: KernelStats, now: float) -> str:
+def _location(k: KernelStats) -> str | None:
+    """Where a kernel runs, if its stats say (remote kernels carry ``location``)."""
+    return getattr(k, "location", None)
+
+
+def _cell(column: str, content: str, title: str = "") -> str:
+    title_attr = f" title='{html.escape(title)}'" if title else ""
+    return f"<span class='jsp-col jsp-col-{column}'{title_attr}>{content}</span>"
+
+
+def _head_html(stats: PoolStats, columns: tuple[str, ...]) -> str:
+    """The column headings, or, with no kernel, what is true and what starts one."""
+    if not stats.kernels:
+        return f"<i class='jsp-no-kernels'>{html.escape(_no_kernels(stats))}</i>"
+    return "<div class='jsp-head'>" + "".join(_cell(c, f"<b>{_COLUMNS[c][0]}</b>") for c in columns) + "</div>"
+
+
+def _no_kernels(stats: PoolStats) -> str:
+    if stats.closed:
+        return "no kernels: the pool is shut down"
+    if not stats.counters.get("started"):
+        return "no kernels yet: the first %%pool cell starts one"
+    why = [text for counter, text in (("released", "sessions released"), ("died", "kernels died"))
+           if stats.counters.get(counter)]
+    return f"no kernels running{': ' + ', '.join(why) if why else ''}; the next %%pool cell starts one"
+
+
+def _row_html(k: KernelStats, columns: tuple[str, ...], now: float) -> str:
     symbol, colour = _STATE_STYLE.get(k.state, ("?", "inherit"))
-    session = html.escape(k.session) if k.session else "<i>-</i>"
-    busy = _duration(now - k.busy_since) if k.busy_since is not None else ""
     rss = rss_bytes(k.pid)
-    memory = f"{rss / 2**20:.0f} MiB" if rss is not None else ""
-    cells = (
-        f"<code title='{html.escape(k.kernel_id)}'>{html.escape(_short_id(k.kernel_id))}</code>",
-        f"<span class='jsp-state' style='color:{colour};font-weight:bold'>{symbol} {k.state}</span>",
-        session,
-        f"<span class='jsp-busy-for'>{busy}</span>",
-        str(k.executions),
-        memory,
-    )
+    location = _location(k)
+    content = {
+        "kernel": (f"<code>{html.escape(_short_id(k.kernel_id))}</code>", k.kernel_id),
+        "state": (f"<span class='jsp-state' style='color:{colour};font-weight:bold'>{symbol} {k.state}</span>", ""),
+        "session": (html.escape(k.session) if k.session else DASH, k.session or ""),
+        "busy": (_duration(now - k.busy_since) if k.busy_since is not None else DASH, ""),
+        "runs": (str(k.executions), ""),
+        "memory": (f"{rss / 2**20:.0f} MiB" if rss is not None else DASH, ""),
+        "location": (html.escape(location) if location else DASH, location or ""),
+    }
     attrs = f"data-kernel='{html.escape(k.kernel_id)}' data-state='{k.state}' data-session='{html.escape(k.session or '')}'"
-    return f"<tr {attrs}>" + "".join(f"<td style='padding:0 .8em 0 0'>{c}</td>" for c in cells) + "</tr>"
+    return f"<div class='jsp-kernel' {attrs}>" + "".join(_cell(c, *content[c]) for c in columns) + "</div>"
 
 
 def _footer_html(stats: PoolStats, now: float) -> str:

@@ -96,6 +96,9 @@ export class PoolConnection implements IDisposable {
     } catch {
       return; // the kernel went away: it stays 'unavailable'
     }
+    if (this._isDisposed) {
+      return;
+    }
     const content = reply.content;
     if (content.status === 'ok' && Object.keys(content.comms).length > 0) {
       this._open();
@@ -149,6 +152,11 @@ export class PoolConnection implements IDisposable {
     }
   }
 
+  /**
+   * A restart or death drops the comm (the frontend forgets the old kernel's
+   * comms); once the restarted kernel is idle, look for the beacon again, since
+   * an extension loaded at kernel start opened it while nobody listened.
+   */
   private _onStatus(_: Kernel.IKernelConnection, status: Kernel.Status): void {
     if (
       status === 'restarting' ||
@@ -156,6 +164,10 @@ export class PoolConnection implements IDisposable {
       status === 'dead'
     ) {
       this._reset();
+      this._rediscover = status !== 'dead';
+    } else if (status === 'idle' && this._rediscover) {
+      this._rediscover = false;
+      void this._discover();
     }
   }
 
@@ -186,5 +198,6 @@ export class PoolConnection implements IDisposable {
   private _stateChanged = new Signal<this, KernelPoolState>(this);
   private _pending = new Map<string, (reply: IReply) => void>();
   private _requests = 0;
+  private _rediscover = false;
   private _isDisposed = false;
 }

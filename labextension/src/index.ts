@@ -1,11 +1,13 @@
 /**
- * JupyterLab plugins for jupyter_sessionpool: a shared model of the active
- * notebook's pool, a status-bar item and a side panel.
+ * JupyterLab and Notebook 7 plugins for jupyter_sessionpool: a shared model of
+ * the active notebook's pool, a status-bar item (where there is a status bar)
+ * and a side panel with a command-palette entry.
  */
 import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
@@ -27,14 +29,19 @@ const modelPlugin: JupyterFrontEndPlugin<IPoolModel> = {
 
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-sessionpool:status-item',
-  description: 'Shows "Pool 2/4 busy · 1 waiting" in the status bar.',
+  description:
+    'Shows "Pool 2/4 busy · 1 waiting" in the status bar, in apps that have one (Notebook 7 has none).',
   autoStart: true,
-  requires: [IPoolModel, IStatusBar],
+  requires: [IPoolModel],
+  optional: [IStatusBar],
   activate: (
     app: JupyterFrontEnd,
     model: IPoolModel,
-    statusBar: IStatusBar
+    statusBar: IStatusBar | null
   ) => {
+    if (statusBar === null) {
+      return;
+    }
     const item = new PoolStatusItem(model, () => {
       if (app.commands.hasCommand(OPEN_PANEL)) {
         void app.commands.execute(OPEN_PANEL);
@@ -52,16 +59,24 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
 
 const panelPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-sessionpool:panel',
-  description: 'A side panel with the kernels and sessions of the pool.',
+  description:
+    'A side panel with the kernels and sessions of the pool, and the command that shows it.',
   autoStart: true,
   requires: [IPoolModel],
-  activate: (app: JupyterFrontEnd, model: IPoolModel) => {
+  optional: [ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    model: IPoolModel,
+    palette: ICommandPalette | null
+  ) => {
     const panel = new PoolPanel(model);
     app.shell.add(panel, 'right', { rank: 1000 });
     app.commands.addCommand(OPEN_PANEL, {
-      label: 'Show the Kernel Pool panel',
+      label: 'Show Kernel Pool Panel',
+      caption: "The kernels and sessions of the active notebook's pool",
       execute: () => app.shell.activateById(panel.id)
     });
+    palette?.addItem({ command: OPEN_PANEL, category: 'Kernel Pool' });
   }
 };
 

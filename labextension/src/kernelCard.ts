@@ -17,6 +17,9 @@ const ACTIONS: { action: Action; label: string; icon: LabIcon }[] = [
   { action: 'release', label: 'Release', icon: closeIcon }
 ];
 
+/** Shown where a value is unknown (a kernel without a process id, say). */
+export const DASH = '–';
+
 /** The fields a card shows, each in its own element (class `jsp-Kernel-<name>`). */
 const FIELDS = [
   'session',
@@ -25,9 +28,20 @@ const FIELDS = [
   'runs',
   'memory',
   'kernel',
-  'pid'
+  'pid',
+  'location'
 ] as const;
 type Field = (typeof FIELDS)[number];
+
+/** What a card shows besides its kernel: the same for every card of a pool. */
+export interface ICardContext {
+  /** The kernel clock now, in seconds. */
+  now: number;
+  /** An action on this card's session is under way: its buttons are disabled. */
+  pending: boolean;
+  /** Some kernel of the pool has a process here: show pid and memory columns. */
+  showProcess: boolean;
+}
 
 /** A card: `data-session`, `data-state` and `data-kernel` mirror the kernel. */
 export class KernelCard {
@@ -46,7 +60,8 @@ export class KernelCard {
       runs: stats,
       memory: stats,
       kernel: ids,
-      pid: ids
+      pid: ids,
+      location: ids
     };
     FIELDS.forEach(field => {
       const span = document.createElement('span');
@@ -54,30 +69,34 @@ export class KernelCard {
       parents[field].append(span);
       this._fields[field] = span;
     });
-    head.append(this._actions);
-    this.node.append(head, stats, ids);
+    this.node.append(head, stats, ids, this._actions);
   }
 
   /** The card's DOM node. */
   readonly node: HTMLLIElement;
 
-  /** Show `kernel` as of `now` (kernel clock, s); disable buttons if `pending`. */
-  update(kernel: IKernelStats, now: number, pending: boolean): void {
+  /** Show `kernel` in `context`. */
+  update(kernel: IKernelStats, context: ICardContext): void {
     const data = this.node.dataset;
     data.kernel = kernel.kernel_id;
     data.state = kernel.state;
     const busyFor =
       kernel.state === 'busy' && kernel.busy_since !== null
-        ? `busy for ${Format.duration(now - kernel.busy_since)}`
+        ? `busy for ${Format.duration(context.now - kernel.busy_since)}`
         : '';
     this._set('session', kernel.session ?? '(anonymous)');
     this._set('state', kernel.state);
     this._set('busy', busyFor);
     const runs = kernel.executions;
     this._set('runs', `${runs} run${runs === 1 ? '' : 's'}`);
-    this._set('memory', Format.bytes(kernel.rss));
+    const process = context.showProcess;
+    this._set('memory', process ? Format.bytes(kernel.rss) : '');
     this._set('kernel', `kernel ${kernel.kernel_id.slice(0, 8)}`);
-    this._set('pid', kernel.pid === null ? '' : `pid ${kernel.pid}`);
+    this._set('pid', process ? `pid ${kernel.pid ?? DASH}` : '');
+    this._set('location', kernel.location ? `on ${kernel.location}` : '');
+    if (kernel.location) {
+      this._fields.location.title = kernel.location;
+    }
     this._fields.state.className = `jsp-Kernel-state jsp-state-${kernel.state}`;
     const session = kernel.session ?? '';
     if (data.session !== session) {
@@ -86,9 +105,11 @@ export class KernelCard {
         ...(kernel.session === null ? [] : this._buttons(kernel.session))
       );
     }
-    this._actions
-      .querySelectorAll('button')
-      .forEach(button => (button.disabled = pending));
+    this._actions.querySelectorAll('button').forEach(button => {
+      button.disabled =
+        context.pending ||
+        (button.dataset.action === 'interrupt' && kernel.state !== 'busy');
+    });
   }
 
   private _set(field: Field, text: string): void {
@@ -98,13 +119,20 @@ export class KernelCard {
     }
   }
 
+  /** Icon-and-text buttons; the accessible name also names the session. */
   private _buttons(session: string): HTMLButtonElement[] {
     return ACTIONS.map(({ action, label, icon }) => {
       const button = document.createElement('button');
+      button.type = 'button';
       button.className = 'jp-Button jsp-Kernel-action';
+      button.dataset.action = action;
       button.title = `${label} session ${session}`;
       button.setAttribute('aria-label', button.title);
-      button.append(icon.element({ tag: 'span' }));
+      const text = document.createElement('span');
+      text.textContent = label;
+      const glyph = icon.element({ tag: 'span' });
+      glyph.setAttribute('aria-hidden', 'true');
+      button.append(glyph, text);
       button.addEventListener('click', () => this._onAction(action, session));
       return button;
     });
@@ -136,8 +164,8 @@ export namespace Format {
     return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   }
 
-  /** Bytes as MiB, or empty when unknown. */
+  /** Bytes as MiB, or `memory –` when unknown. */
   export function bytes(n: number | null): string {
-    return n === null ? '' : `${(n / 2 ** 20).toFixed(1)} MiB`;
+    return n === null ? `memory ${DASH}` : `${(n / 2 ** 20).toFixed(1)} MiB`;
   }
 }

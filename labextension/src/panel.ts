@@ -2,12 +2,13 @@
  * The side panel: every kernel of the active notebook's pool, live, with
  * per-session actions.
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { Format, KernelCard } from './kernelCard';
 import { IPoolModel, PoolViewState } from './model';
-import { Action, IKernelStats } from './protocol';
+import { Action, IKernelStats, IPoolStats } from './protocol';
 
 /** The panel widget; it renders the model and redraws "busy for" each second. */
 export class PoolPanel extends Widget {
@@ -15,13 +16,15 @@ export class PoolPanel extends Widget {
     super();
     this.id = 'jupyter-sessionpool-panel';
     this.title.label = 'Kernel Pool';
-    this.title.caption = "The active notebook's kernel pool";
+    // Notebook 7 names its "Show …" menu and palette entries after the caption.
+    this.title.caption = 'Kernel Pool';
     this.addClass('jsp-Panel');
     this._model = model;
     const heading = Private.element('h2', 'jsp-Panel-heading', 'Kernel pool');
     this._summary = Private.element('p', 'jsp-Panel-summary');
     this._list = Private.element('ul', 'jsp-Panel-kernels');
     this._list.setAttribute('aria-label', 'Kernels');
+    this._empty = Private.element('p', 'jsp-Panel-empty');
     this._waiting = Private.element('p', 'jsp-Panel-waiting');
     this._counters = Private.element('p', 'jsp-Panel-counters');
     this._error = Private.element('p', 'jsp-Panel-error');
@@ -31,6 +34,7 @@ export class PoolPanel extends Widget {
       this._summary,
       this._error,
       this._list,
+      this._empty,
       this._waiting,
       this._counters
     );
@@ -56,6 +60,7 @@ export class PoolPanel extends Widget {
     this._summary.textContent = Private.summary(state);
     if (state.kind !== 'pool') {
       this._renderCards([], 0);
+      this._empty.textContent = '';
       this._waiting.textContent = '';
       this._counters.textContent = '';
       this._stopTicking();
@@ -64,6 +69,9 @@ export class PoolPanel extends Widget {
     const pool = state.snapshot.pool;
     const now = state.snapshot.time + (Date.now() - state.receivedAt) / 1000;
     this._renderCards(pool.kernels, now);
+    this._empty.textContent = pool.kernels.length
+      ? ''
+      : Private.noKernels(pool);
     this._waiting.textContent = pool.waiting.length
       ? 'Waiting: ' +
         pool.waiting
@@ -84,6 +92,7 @@ export class PoolPanel extends Widget {
   /** Update cards in place (keyed by kernel id), in the snapshot's order. */
   private _renderCards(kernels: IKernelStats[], now: number): void {
     const seen = new Set<string>();
+    const showProcess = kernels.some(k => k.pid !== null);
     kernels.forEach((kernel, index) => {
       seen.add(kernel.kernel_id);
       let card = this._cards.get(kernel.kernel_id);
@@ -93,7 +102,11 @@ export class PoolPanel extends Widget {
         });
         this._cards.set(kernel.kernel_id, card);
       }
-      card.update(kernel, now, this._pending.has(kernel.session ?? ''));
+      card.update(kernel, {
+        now,
+        pending: this._pending.has(kernel.session ?? ''),
+        showProcess
+      });
       if (this._list.children[index] !== card.node) {
         this._list.insertBefore(card.node, this._list.children[index] ?? null);
       }
@@ -107,6 +120,9 @@ export class PoolPanel extends Widget {
   }
 
   private async _act(action: Action, session: string): Promise<void> {
+    if (action !== 'interrupt' && !(await Private.confirm(action, session))) {
+      return;
+    }
     this._pending.add(session);
     this._error.textContent = '';
     this._render();
@@ -136,6 +152,7 @@ export class PoolPanel extends Widget {
   private _model: IPoolModel;
   private _summary: HTMLElement;
   private _list: HTMLUListElement;
+  private _empty: HTMLElement;
   private _waiting: HTMLElement;
   private _counters: HTMLElement;
   private _error: HTMLElement;
@@ -155,6 +172,46 @@ namespace Private {
     node.className = className;
     node.textContent = text;
     return node;
+  }
+
+  /** Ask before an action that loses the session's state; true to go ahead. */
+  export async function confirm(
+    action: 'restart' | 'release',
+    session: string
+  ): Promise<boolean> {
+    const release = action === 'release';
+    const result = await showDialog({
+      title: `${release ? 'Release' : 'Restart'} session ${session}?`,
+      body:
+        `Every variable and import of session ${session} is lost` +
+        (release
+          ? ': its kernel shuts down, and the next %%pool cell on it starts a new one.'
+          : ': its next cell runs on a fresh kernel.'),
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.warnButton({ label: release ? 'Release' : 'Restart' })
+      ]
+    });
+    return result.button.accept;
+  }
+
+  /** What is true when the pool holds no kernel, and what starts one. */
+  export function noKernels(pool: IPoolStats): string {
+    if (pool.closed) {
+      return 'No kernels: the pool is shut down.';
+    }
+    const counters = pool.counters;
+    if (!counters.started) {
+      return 'No kernels yet: the first %%pool cell starts one.';
+    }
+    const why = [
+      counters.released ? 'sessions released' : '',
+      counters.died ? 'kernels died' : ''
+    ].filter(Boolean);
+    return (
+      `No kernels running${why.length ? ': ' + why.join(', ') : ''}; ` +
+      'the next %%pool cell starts one.'
+    );
   }
 
   /** One line about the state, naming the notebook. */

@@ -13,10 +13,14 @@ export const VERSION = 1;
 /** The pool actions a frontend may ask for. */
 export type Action = 'interrupt' | 'restart' | 'release';
 
-/** One pooled kernel, as in `KernelStats.to_dict()` plus `rss`. */
+/**
+ * One pooled kernel, as in `KernelStats.to_dict()` plus `rss`. A remote kernel
+ * has no `pid` (nor `rss`); `location` says where a kernel runs, when known.
+ */
 export interface IKernelStats {
   kernel_id: string;
   pid: number | null;
+  location?: string | null;
   state: 'starting' | 'idle' | 'busy' | 'dead' | 'stopping';
   session: string | null;
   executions: number;

@@ -1,14 +1,19 @@
-"""Steps shared by the browser tests: open a notebook in JupyterLab, run a cell, find things."""
+"""Steps shared by the browser tests, in JupyterLab and in Notebook 7: open a notebook, run a
+cell, open the pool panel, find things."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 from playwright.sync_api import Locator, Page, expect
 
+if TYPE_CHECKING:
+    from .conftest import JupyterServer
+
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 KERNEL_READY_TIMEOUT = 60_000
+PALETTE_ENTRY = "Show Kernel Pool Panel"
 
 _KERNEL_IDLE = """() => {
     const widget = window.jupyterapp.shell.currentWidget;
@@ -17,39 +22,56 @@ _KERNEL_IDLE = """() => {
 }"""
 
 
-def open_notebook(page: Page, lab_url: str, lab_root: Path, name: str, cells: list[str]) -> Locator:
-    """Write ``name`` (code ``cells``, python3 kernelspec), open it, wait for its kernel's Idle.
-
-    The first call on a page loads JupyterLab with a reset workspace; later calls open the
-    notebook as another tab in the same app, so a test can switch between notebooks.
-    Returns the notebook panel.
-    """
+def write_notebook(server: JupyterServer, name: str, cells: list[str]) -> None:
+    """Write ``name`` into the server's root: code ``cells``, python3 kernelspec."""
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(source) for source in cells],
         metadata={"kernelspec": KERNELSPEC},
     )
-    nbformat.write(notebook, lab_root / name)
-    if not page.url.startswith(f"{lab_url}/lab"):
-        page.goto(f"{lab_url}/lab?reset")
-        page.wait_for_function("() => window.jupyterapp !== undefined")
-        page.evaluate("() => window.jupyterapp.restored.then(() => null)")
-    page.evaluate(
-        "path => window.jupyterapp.commands.execute('docmanager:open', {path, factory: 'Notebook'}).then(() => null)",
-        name,
-    )
-    expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(name)
-    wait_kernel_idle(page)
+    nbformat.write(notebook, server.root / name)
+
+
+def open_notebook(page: Page, server: JupyterServer, name: str, cells: list[str]) -> Locator:
+    """Write ``name``, open it, wait for its kernel's Idle; return the notebook panel.
+
+    JupyterLab: the first call on a page loads the app with a reset workspace; later calls
+    open the notebook as another tab, so a test can switch between notebooks. Notebook 7:
+    every notebook is a page of its own.
+    """
+    write_notebook(server, name, cells)
+    if server.app == "notebook":
+        page.goto(f"{server.url}/notebooks/{name}")
+        wait_app(page)
+    else:
+        if not page.url.startswith(f"{server.url}/lab"):
+            page.goto(f"{server.url}/lab?reset")
+            wait_app(page)
+        page.evaluate(
+            "path => window.jupyterapp.commands.execute('docmanager:open', {path, factory: 'Notebook'})"
+            ".then(() => null)",
+            name,
+        )
+        expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(name)
+    wait_kernel_idle(page, server)
     return current_notebook(page)
 
 
-def wait_kernel_idle(page: Page) -> None:
-    """Wait until the active notebook's kernel is connected and idle, and the status bar says so.
+def wait_app(page: Page) -> None:
+    """Wait until the app exists and has restored its layout (every plugin has activated)."""
+    page.wait_for_function("() => window.jupyterapp !== undefined")
+    page.evaluate("() => window.jupyterapp.restored.then(() => null)")
+
+
+def wait_kernel_idle(page: Page, server: JupyterServer) -> None:
+    """Wait until the active notebook's kernel is connected and idle (and, in JupyterLab,
+    the status bar says so).
 
     The execution indicator alone says idle before the kernel connects; a Shift+Enter sent
-    then is lost, hence both checks.
+    then is lost, hence the check on the kernel connection itself.
     """
     page.wait_for_function(_KERNEL_IDLE, timeout=KERNEL_READY_TIMEOUT)
-    expect(page.locator("#jp-main-statusbar")).to_contain_text("| Idle", timeout=KERNEL_READY_TIMEOUT)
+    if server.app == "lab":
+        expect(page.locator("#jp-main-statusbar")).to_contain_text("| Idle", timeout=KERNEL_READY_TIMEOUT)
 
 
 def current_notebook(page: Page) -> Locator:
@@ -79,3 +101,16 @@ def run_cell(page: Page, index: int) -> None:
     target.locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")
     expect(prompt).not_to_have_text(before)
+
+
+def open_panel_from_palette(page: Page) -> Locator:
+    """Open the command palette (Ctrl+Shift+C, as a user would), pick our entry; the panel."""
+    page.keyboard.press("Escape")  # leave the cell editor: command mode
+    page.keyboard.press("Control+Shift+C")
+    search = page.locator(".lm-CommandPalette-input:visible")
+    expect(search).to_be_focused()
+    search.fill("kernel pool")
+    page.locator(".lm-CommandPalette-item:visible", has_text=PALETTE_ENTRY).click()
+    panel = page.locator("#jupyter-sessionpool-panel")
+    expect(panel).to_be_visible()
+    return panel
