@@ -19,7 +19,7 @@ from ._handoff import Handoff
 from ._state import Books, Effects, KernelState, Slot, Waiter
 from .config import PoolSettings, check_session, check_timeout
 from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError
-from .results import ExecutionResult, OutputCallback
+from .results import ExecutionResult, OutputCallback, _Outputs
 from .stats import PoolStats, snapshot
 from .workers.base import KernelWorker, Workers
 from .workers.gateway import GatewayWorkers
@@ -326,6 +326,22 @@ class AsyncKernelPool(PoolSettings):
     def sessions(self) -> list[str]:
         """Names of the sessions that hold a kernel now."""
         return list(self._books.bound)
+
+    def stray_output(self, session: str) -> list[dict[str, Any]]:
+        """Output ``session``'s kernel produced while none of its cells ran, as nbformat outputs.
+
+        A background thread printing after its cell ended answers no request: the reader keeps
+        the last few hundred such messages per kernel (never a backlog), and this hands them
+        over, oldest first, and forgets them. Empty for a session that holds no kernel.
+        """
+        slot = self._books.bound.get(check_session(session))
+        if slot is None or slot.handle is None:
+            return []
+        orphans = slot.handle.router.orphans
+        outputs = _Outputs(None)
+        while orphans:
+            outputs.handle(orphans.popleft())
+        return outputs.outputs
 
     async def release(self, session: str) -> bool:
         """Shut down ``session``'s kernel (killing a running cell); False if it held none."""

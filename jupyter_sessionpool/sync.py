@@ -353,6 +353,10 @@ class KernelPool(PoolSettings):
         """Names of the sessions that hold a kernel now."""
         return self._call(self._async.sessions)
 
+    def stray_output(self, session: str) -> list[dict[str, Any]]:
+        """Output ``session``'s kernel produced while none of its cells ran; see :meth:`AsyncKernelPool.stray_output`."""
+        return self._call(self._async.stray_output, session)
+
     def widget(self) -> PoolWidget:
         """A live ipywidgets view of this pool with per-session actions (what ``%pool status`` shows)."""
         from .notebook.widget import PoolWidget  # lazy: ipywidgets is only needed by those who ask for it

@@ -322,6 +322,11 @@ async def test_output_printed_while_idle_is_bounded_and_the_next_cell_starts_at_
     assert r.result == "'next'"
     assert growth < 8 << 20, growth
     assert first < 1.0, first  # 0.2 s on a quiet machine; loose for a loaded one
+    stray = pool.stray_output("a")  # the ring's last messages, as nbformat outputs, then forgotten
+    assert stray and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in stray)
+    assert 0 < len(stray[0]["text"]) <= 200 * 1001 and set(stray[0]["text"]) == {"x", "\n"}
+    assert len(pool.stray_output("a")) <= 1  # only what came since
+    assert pool.stray_output("nobody") == []
 
 
 # ---- the pool's own process killed ------------------------------------------------------------------

@@ -28,6 +28,8 @@ Message = dict[str, Any]
 
 ORPHAN_MESSAGES = 200
 """Most output messages kept per kernel that answer no open request (oldest dropped first)."""
+ORPHAN_TEXT = 10_000
+"""Characters kept of each such stream message (its end)."""
 
 # Messages returned back to back (already queued) before yielding to the loop: more than a
 # reader hands over per loop callback, so a reader never outpaces its consumer in a flood
@@ -163,7 +165,7 @@ class Router:
         if request is not None:
             request._put(channel, msg)
         elif channel == "iopub" and msg.get("msg_type") in _OUTPUT_TYPES:
-            self.orphans.append(msg)
+            self.orphans.append(_trimmed(msg))
 
     def expect(self, msg_id: str) -> None:
         """A request was sent around the pool (through ``Lease.client``): follow it to its idle."""
@@ -215,6 +217,15 @@ class Router:
 
 
 _ENDED_KEPT = 256
+def _trimmed(msg: Message) -> Message:
+    """An orphan stream message cut to ``ORPHAN_TEXT`` characters, so the ring's memory stays small."""
+    content = msg.get("content", {})
+    text = content.get("text")
+    if msg.get("msg_type") == "stream" and isinstance(text, str) and len(text) > ORPHAN_TEXT:
+        return {**msg, "content": {**content, "text": text[-ORPHAN_TEXT:]}}
+    return msg
+
+
 _OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"})
 
 
