@@ -198,6 +198,6 @@ async def measure(quick: bool) -> Section:
             0.75,
             "x",
         ),
-        Target("prewarmed new session, first result (p50)", p50["prewarmed first result"] * 1000, 20, "ms"),
+        Target("prewarmed new session, first result (p50)", p50["prewarmed first result"] * 1000, 10, "ms"),
     ]
     return section
