@@ -278,11 +278,14 @@ class KernelPool(PoolSettings):
             return fn(*args)
 
         try:
-            return lt.submit(call(), while_closing=True).result()
+            result = lt.submit(call(), while_closing=True).result()
         except PoolClosed:
             if lt.stopped:
                 return fn(*args)  # the loop stopped meanwhile
             raise
+        if not on_callback_thread():  # as in _run: subscribers see this call's changes before it returns
+            self._async._wait_subscribers(_SUBSCRIBER_WAIT)
+        return result
 
     @observe(*PoolSettings.class_trait_names(config=True))
     def _forward(self, change: dict[str, Any]) -> None:
