@@ -278,7 +278,8 @@ class AsyncKernelPool(PoolSettings):
     ) -> ExecutionResult:
         """Run ``code`` on ``session``'s kernel (any free kernel if None) and return the result.
 
-        ``on_output`` is called on the pool's loop with each nbformat output as it arrives;
+        ``on_output`` is called on a callback thread (in order; ``execute`` returns after the last
+        call) with each nbformat output as it arrives;
         see :meth:`Lease.execute` for ``timeout`` and ``store_history``.
         """
         if not isinstance(code, str):

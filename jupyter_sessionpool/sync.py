@@ -348,7 +348,7 @@ class KernelPool(PoolSettings):
         return self._call(self._async.stats)
 
     def subscribe(self, callback: Callable[[PoolStats], Any]) -> Callable[[], None]:
-        """Call ``callback(stats)`` on the pool's thread after every change; returns the unsubscribe."""
+        """Call ``callback(stats)`` on a callback thread (in order, never the pool's own) after every change; returns the unsubscribe."""
         unsubscribe = self._call(self._async.subscribe, callback)
         return lambda: self._call(unsubscribe)
 

@@ -23,7 +23,7 @@ in ``comm_info`` for frontends that connect later.
 
 Threads: comm callbacks run on whichever shell thread got the message (JupyterLab sends
 comm messages over a subshell, so actions work while a cell blocks the main shell);
-pool events arrive on the pool's thread; snapshots are sent from a timer thread.
+pool events arrive on a pool callback thread; snapshots are sent from a timer thread.
 
 Every message goes out with an explicit IOPub parent (the frontend message it answers,
 or none for a pushed snapshot) rather than through ``comm.send``: ipykernel 7.4 routes a
@@ -209,7 +209,7 @@ class PoolBridge:
             self._changed(None)
 
     def _changed(self, stats: PoolStats | None) -> None:
-        """Pool subscriber (on the pool's thread): remember the state, schedule a send."""
+        """Pool subscriber (on a pool callback thread): remember the state, schedule a send."""
         with self._lock:
             self._latest = stats
         self._sender.poke()

@@ -72,7 +72,7 @@ class _ToIOPub:
     """Publishes outputs on the kernel's IOPub socket with a fixed parent header.
 
     ipykernel's IOPub socket hands every send to its IO thread, so this is safe from the
-    pool's thread.
+    pool's callback threads.
     """
 
     def __init__(self, shell: Any) -> None:  # on the kernel's main thread, while the cell runs
@@ -205,7 +205,7 @@ class BackgroundCell:
     """A ``%%pool --bg`` cell's outputs, kept as one display in the cell that started it.
 
     Make it on the kernel's main thread while the starting cell runs: that shows the
-    display. It is the cell's ``on_output``; the pool's thread calls it, and the display
+    display. It is the cell's ``on_output``; a pool callback thread calls it, and the display
     is updated at most every 0.2 s while output flows (the last output always reaches it).
     Updates are sent with the parent ``latest_parent()`` returns (the cell the kernel runs
     now), so that a headless client, which listens only to that cell, applies them too.

@@ -98,7 +98,7 @@ class PoolWidget(VBox):
     # ---- events (pool thread) and timers ---------------------------------------------------
 
     def _on_stats(self, stats: PoolStats) -> None:
-        """Subscriber, called on the pool's thread: keep the snapshot, render it soon."""
+        """Subscriber, called on a pool callback thread: keep the snapshot, render it soon."""
         with self._lock:
             self._latest = stats
             self._arm(self._last_render + _MIN_INTERVAL)
