@@ -4,6 +4,7 @@ Session ``a`` always gets the same kernel, with its state; different sessions ru
 same time. See README.md for the quickstart.
 """
 
+import logging
 from typing import Any
 
 from ._version import __version__
@@ -46,6 +47,10 @@ __all__ = [
     "ProtocolError",
     "__version__",
 ]
+
+# A library logs; the application decides where it goes. Without this, Python's last-resort
+# handler would print the pool's warnings to stderr, which in a notebook is whatever cell runs.
+logging.getLogger("jupyter_sessionpool").addHandler(logging.NullHandler())
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
