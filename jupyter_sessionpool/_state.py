@@ -347,18 +347,23 @@ class Books:
     def _plan(self, fx: Effects) -> None:
         if not self.waiters and not self._retries and (self.min_idle == 0 or self._prewarm_suspended):
             return  # nobody waits and nothing is kept warm: checkout and check-in stay O(1)
-        starting = fresh = live = stopping = 0
+        starting = fresh = live = stopping = evictable = 0
         for slot in self.slots.values():
             starting += slot.state is KernelState.STARTING
             stopping += slot.state is KernelState.STOPPING  # each frees a place soon: no eviction for it
-            fresh += slot.state is KernelState.IDLE and slot.session is None and not slot.anonymous
+            idle = slot.state is KernelState.IDLE
+            fresh += idle and slot.session is None and not slot.anonymous
+            evictable += idle and ((slot.anonymous and slot.session is None) or (self.evict_idle and slot.session is not None))
             live += slot.state is not KernelState.DEAD
+        room = self.max_kernels - live
+        if room <= 0 and not evictable:
+            return  # full, nothing to evict: nothing can start until a kernel goes (a deep queue costs no scan)
         demand = len(self._demand(self.waiters))
         prewarm = 0 if self._prewarm_suspended else max(0, self.min_idle - fresh)
         wanted = max(0, demand + prewarm - starting)  # starts needed beyond those running now
         retries, self._retries = self._retries[:wanted], []  # a retry nobody needs any more is dropped
         wanted -= len(retries)
-        room, now = self.max_kernels - live, self.clock()
+        now = self.clock()
         for retry in retries:
             if retry.due <= now and room > 0:
                 self._new_slot(fx, attempt=retry.attempt)
