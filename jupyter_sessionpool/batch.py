@@ -284,8 +284,8 @@ def fill_cell(cell: Any, result: ExecutionResult, started: datetime.datetime, en
 
     The ``execution`` timestamps are this process's clock around the request (the batch runs
     on the pool's public API, which hands back outputs, not message headers); same machine,
-    they are within milliseconds of the kernel's own. Cross-cell display updates are not
-    applied here: ExecutionResult applies ``update_display_data`` within its own cell.
+    they are within milliseconds of the kernel's own. Updates of displays shown by earlier
+    cells are carried over by :func:`carry_displays`.
     """
     cell.execution_count = result.execution_count
     cell.outputs = [nbformat.from_dict(copy.deepcopy(out)) for out in result.outputs]
@@ -303,6 +303,17 @@ def fill_cell(cell: Any, result: ExecutionResult, started: datetime.datetime, en
         duration=(ended - started).total_seconds(),
         status="failed" if failed else "completed",
     )
+
+
+def carry_displays(shown: dict[str, list[tuple[Any, int]]], cell: Any, result: ExecutionResult) -> None:
+    """Apply ``result``'s display updates to earlier cells' outputs of the same display id, as
+    nbclient does, then remember this cell's own outputs with ids (``shown`` spans the notebook)."""
+    for display_id, latest in result.displays.items():
+        for earlier, i in shown.get(display_id, []):
+            if earlier is not cell:
+                earlier.outputs[i]["data"] = copy.deepcopy(latest["data"])
+                earlier.outputs[i]["metadata"] = copy.deepcopy(latest["metadata"])
+        shown.setdefault(display_id, []).extend((cell, i) for i in latest["outputs"])
 
 
 def _finish(nb: Any, result: NotebookResult) -> None:
@@ -446,6 +457,12 @@ class _Runner:
             if moved.status != "ok":
                 result.status, result.error = FAILED, f"cannot change to the notebook's directory: {moved.error['evalue']}"
                 return
+        shown: dict[str, list[tuple[Any, int]]] = {}  # display id -> (cell, output index), across cells
+
+        def fill(cell: Any, run: ExecutionResult, t0: datetime.datetime) -> None:
+            fill_cell(cell, run, t0, _now())
+            carry_displays(shown, cell, run)
+
         for index, cell in enumerate(nb.cells):
             if not _runnable(cell):
                 continue
@@ -462,16 +479,16 @@ class _Runner:
             try:
                 run = await lease.execute(cell.source, timeout=limit)
             except ExecutionTimeout as exc:
-                fill_cell(cell, exc.result, t0, _now())
+                fill(cell, exc.result, t0)
                 total = self.cell_timeout if which == "cell" else self.timeout
                 result.status, result.error = TIMEOUT, f"cell {index}: {which} timed out after {total:g} s"
                 return
             except KernelDied as exc:
                 if exc.result is not None:
-                    fill_cell(cell, exc.result, t0, _now())
+                    fill(cell, exc.result, t0)
                 result.status, result.error = DIED, f"cell {index}: the kernel died"
                 return
-            fill_cell(cell, run, t0, _now())
+            fill(cell, run, t0)
             result.cells += 1
             self._report("cell", result)
             if run.status != "ok" and "raises-exception" not in cell.metadata.get("tags", []):

@@ -111,6 +111,8 @@ def notebooks(tmp_path):
         "print('a', flush=True); import sys; print('err', file=sys.stderr, flush=True); print('b')",
         "from IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\nalpha * 2, name",
         "",
+        "progress = display('step 0', display_id=True)",
+        "progress.update('step 1 of 1, from a later cell')",  # nbclient updates the earlier cell's output
         markdown_first=True,
     )
     notebook(src / "one" / "fails.ipynb", reader, "x = 1", "raise ValueError(f'bad {x}')", "print('never')")
@@ -153,6 +155,8 @@ def test_outputs_equal_papermill_with_parameters_failures_and_cwd(notebooks, tmp
     for mine, pm in zip(ours.cells, theirs.cells):
         if mine.cell_type == "code" and mine.source.strip():
             assert set(mine.metadata.execution) == set(pm.metadata.execution) == timing
+    shown = [c for c in ours.cells if c.source.startswith("progress = display")][0]
+    assert shown.outputs[0]["data"]["text/plain"] == "'step 1 of 1, from a later cell'"
     noparams = nbformat.read(out / "two" / "noparams.ipynb", as_version=4)
     assert noparams.cells[0].metadata.tags == ["injected-parameters"]
     assert "data of two two" in noparams.cells[1].outputs[0]["text"]  # its own directory, not the first one's
