@@ -105,10 +105,16 @@ def run_cell(page: Page, index: int) -> None:
 
 def open_panel_from_palette(page: Page) -> Locator:
     """Open the command palette (Ctrl+Shift+C, as a user would), pick our entry; the panel."""
-    page.keyboard.press("Escape")  # leave the cell editor: command mode
-    page.keyboard.press("Control+Shift+C")
     search = page.locator(".lm-CommandPalette-input:visible")
-    expect(search).to_be_focused()
+    for attempt in range(3):  # a loaded machine can drop the shortcut (seen once in 3 loaded runs): press again
+        page.keyboard.press("Escape")  # leave the cell editor: command mode
+        page.keyboard.press("Control+Shift+C")
+        try:
+            expect(search).to_be_focused(timeout=5000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     search.fill("kernel pool")
     page.locator(".lm-CommandPalette-item:visible", has_text=PALETTE_ENTRY).click()
     panel = page.locator("#jupyter-sessionpool-panel")
