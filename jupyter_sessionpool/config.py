@@ -66,7 +66,9 @@ class PoolSettings(LoggingConfigurable):
     kernel_name = Unicode("python3", help="Kernelspec every pooled kernel is started from.").tag(config=True)
     max_kernels = Int(4, help="Most kernels alive at once (running, idle or starting).").tag(config=True)
     min_idle = Int(
-        0, help="Fresh kernels kept started and ready for instant checkout (0: start lazily)."
+        0,
+        help="Fresh kernels kept started and ready for instant checkout (0: start lazily). A refill "
+        "waits up to 0.5 s for the first cells of kernels just checked out, unless a caller waits for it.",
     ).tag(config=True)
     checkout_timeout = Float(
         60.0, allow_none=True, help="Seconds a checkout waits for a free kernel before CheckoutTimeout; None waits forever."

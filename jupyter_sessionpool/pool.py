@@ -28,6 +28,10 @@ from .workers.local import LocalWorkers
 Subscriber = Callable[[PoolStats], Any]
 _UNSET: Any = object()
 _SUBSCRIBER_BACKLOG = 1000  # snapshots kept for a subscriber slower than the pool's changes (oldest dropped)
+# A prewarm start (one nobody waits for) lets the first cells of newly checked-out kernels
+# finish before it spawns a kernel, for up to this many seconds: a kernel's start takes a
+# core for a second, and on a small machine it was half of a new session's first result.
+_PREWARM_YIELD = 0.5
 
 
 class Lease:
@@ -104,6 +108,9 @@ class Lease:
         run = self._inflight = execution.Execution(
             self._worker, code, on_output, self._pool.max_output_size, store_history
         )
+        first = self._slot.executions == 0
+        if first:
+            self._pool._first_cells += 1
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
@@ -122,6 +129,9 @@ class Lease:
         except ProtocolError:
             self._discard, self._inflight = "its kernel broke the messaging protocol", None
             raise
+        finally:
+            if first:
+                self._pool._first_cell_ended()
         self._inflight = None
         self._slot.executions += 1
         return result
@@ -187,6 +197,8 @@ class AsyncKernelPool(PoolSettings):
         self._closing: asyncio.Task[None] | None = None
         self._hurried = False  # Ctrl-C during shutdown: kill kernels instead of asking them to exit
         self._kills: set[asyncio.Task[None]] = set()
+        self._first_cells = 0  # first executions on their kernels, running now
+        self._yielding: list[asyncio.Future[None]] = []  # prewarm starts waiting for those to end
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -447,6 +459,8 @@ class AsyncKernelPool(PoolSettings):
             if self._retry is not None:
                 self._retry.cancel()
             self._retry = self._loop.call_at(fx.retry_at - time.monotonic() + self._loop.time(), self._retry_starts)
+        if self._yielding and self._books.waiters:
+            self._end_yield()  # someone waits: a held-back start may be what they need
         if self._ready_waiters and self._books.fresh_idle() >= self.min_idle:
             for fut in self._ready_waiters:
                 if not fut.done():
@@ -521,7 +535,26 @@ class AsyncKernelPool(PoolSettings):
         """The factory of this pool's kernel workers: on the gateway when ``gateway_url`` is set, else local."""
         return GatewayWorkers(self) if self.gateway_url else LocalWorkers(self)
 
+    def _first_cell_ended(self) -> None:
+        self._first_cells -= 1
+        if not self._first_cells:
+            self._end_yield()
+
+    def _end_yield(self) -> None:
+        for fut in self._yielding:
+            if not fut.done():
+                fut.set_result(None)
+        self._yielding.clear()
+
+    async def _yield_to_first_cells(self) -> None:
+        """Hold a prewarm start back while first cells run (up to ``_PREWARM_YIELD`` s)."""
+        fut = self._loop.create_future()
+        self._yielding.append(fut)
+        await asyncio.wait([fut], timeout=_PREWARM_YIELD)
+
     async def _start(self, slot: Slot) -> None:
+        if self._first_cells and not self._books.waiters:
+            await self._yield_to_first_cells()
         worker = self._workers.new(slot.kernel_id)
         slot.handle = worker
         worker.exited.add_done_callback(lambda _: self._on_exit(slot))

@@ -250,6 +250,71 @@ async def test_sixteen_kernels_start_at_once_without_port_races(make_pool):
     assert stats.counters["start_failures"] == 0 and len({k.pid for k in stats.kernels}) >= 16
 
 
+# ---- prewarm yields to first cells --------------------------------------------------------------
+
+
+def _refill(stats):
+    """The kernel the pool is starting to keep ``min_idle`` (the one without a session)."""
+    (kernel,) = [k for k in stats.kernels if k.session is None]
+    return kernel
+
+
+@pytest.fixture
+def long_yield(monkeypatch):
+    """Prewarm starts wait for first cells for up to 60 s, so a test sees the waiting itself."""
+    monkeypatch.setattr("jupyter_sessionpool.pool._PREWARM_YIELD", 60.0)
+
+
+async def test_a_prewarm_start_waits_for_a_new_sessions_first_cell(make_pool, long_yield):
+    pool = await make_pool(max_kernels=2, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    cell = await started_marker(pool, "print('started', flush=True); import time; time.sleep(1)", "a")
+    refill = _refill(pool.stats())
+    assert (refill.state, refill.pid) == ("starting", None), "the refill was spawned while the first cell ran"
+    assert (await cell).status == "ok"
+    await pool.wait_ready(timeout=60)  # and it starts once the cell is done
+    assert _refill(pool.stats()).state == "idle"
+
+
+async def test_a_long_first_cell_holds_a_prewarm_start_back_only_briefly(make_pool):
+    pool = await make_pool(max_kernels=2, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    cell = await started_marker(pool, "print('started', flush=True); import time; time.sleep(60)", "a")
+    await pool.wait_ready(timeout=45)
+    assert not cell.done(), "the refill became ready while the long first cell still ran"
+    cell.cancel()
+
+
+async def test_a_caller_waiting_for_a_kernel_is_not_held_back(make_pool, long_yield):
+    pool = await make_pool(max_kernels=3, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    cell = await started_marker(pool, "print('started', flush=True); import time; time.sleep(60)", "a")
+    assert _refill(pool.stats()).pid is None
+    r = await asyncio.wait_for(pool.execute("1 + 1", session="b"), 45)
+    assert r.result == "2" and not cell.done()
+    cell.cancel()
+
+
+async def test_a_cancelled_first_cell_lets_the_prewarm_start_go(make_pool, long_yield):
+    pool = await make_pool(max_kernels=2, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    cell = await started_marker(pool, "print('started', flush=True); import time; time.sleep(60)", "a")
+    cell.cancel()
+    await asyncio.wait_for(until(pool, lambda s: _refill(s).state == "idle"), 45)
+
+
+async def test_shutdown_while_a_prewarm_start_waits_leaves_no_kernel(make_pool, long_yield):
+    pool = await make_pool(max_kernels=2, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    cell = await started_marker(pool, "print('started', flush=True); import time; time.sleep(60)", "a")
+    pid = next(k.pid for k in pool.stats().kernels if k.session == "a")
+    assert _refill(pool.stats()).pid is None
+    await asyncio.wait_for(pool.shutdown(), 30)
+    assert pool.stats().kernels == () and not Path(f"/proc/{pid}").exists()
+    with pytest.raises((PoolClosed, KernelDied)):
+        await cell
+
+
 # ---- shutdown -----------------------------------------------------------------------------------
 
 

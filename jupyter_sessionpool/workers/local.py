@@ -4,8 +4,8 @@
 directory (connection files, ipc sockets) and one zmq context. Each :class:`LocalWorker`
 launches its kernel with jupyter_client's manager and reads it with one reader: plain
 (non-asyncio) zmq sockets whose file descriptors the event loop watches
-(``loop.add_reader``). zmq's descriptor is edge-triggered, so the reader drains each socket
-until it is empty, re-checks after every send, and hands at most ``_BATCH`` messages to the
+(``loop.add_reader``). zmq's descriptor is edge-triggered, so the reader drains a socket
+that signalled until it is empty, looks at the shell socket again after every send, and hands at most ``_BATCH`` messages to the
 :class:`~.base.Router` per loop callback before yielding: no future or task per message.
 Death is noticed the moment the process ends (a pidfd on the loop), or by polling where
 the system refuses pidfds.
@@ -168,6 +168,7 @@ class LocalWorker(KernelWorker):
         self._session: Session | None = None
         self._sockets: list[tuple[str, zmq.Socket[Any]]] = []
         self._draining = False  # a drain is scheduled on the loop
+        self._unread: set[int] = set()  # indices into _sockets that may hold messages
         self._iopub_seen = False
         self._started_at: float | None = None
 
@@ -263,8 +264,9 @@ class LocalWorker(KernelWorker):
             sock.setsockopt(zmq.RCVHWM, 0)
             sep = "-" if info["transport"] == "ipc" else ":"
             sock.connect(f"{info['transport']}://{info['ip']}{sep}{info[port]}")
-            self._loop.add_reader(sock.FD, self._drain)
         self._sockets = [("shell", shell), ("iopub", iopub)]
+        for index, (_, sock) in enumerate(self._sockets):
+            self._loop.add_reader(sock.FD, self._wake_reader, index)
 
     async def _health_check(self, deadline: float) -> None:
         """kernel_info must be answered on shell, and some iopub message seen (subscription live)."""
@@ -322,32 +324,43 @@ class LocalWorker(KernelWorker):
         msg = self._session.msg(msg_type, content)
         request = self.router.open(msg["header"]["msg_id"], channel)
         self._session.send(self._sockets[0][1], msg)
-        self._wake_reader()  # a send can consume the descriptor's edge: look again
+        self._wake_reader(0)  # a send can consume the shell descriptor's edge: look again
         log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id)
         return request
 
-    def _wake_reader(self) -> None:
+    def _wake_reader(self, index: int) -> None:
+        """Socket ``index`` may hold messages: drain it soon."""
+        self._unread.add(index)
         if not self._draining:
             self._draining = True
             self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
-        """Hand up to _BATCH waiting messages to the router; continue later if more wait."""
+        """Hand up to _BATCH waiting messages to the router; continue later if more wait.
+
+        Only sockets that signalled are read, each until zmq says it is empty (``Again``,
+        which also re-arms its descriptor): an empty socket costs nothing, a per-message
+        saving the profile asked for (each ``Again`` or ``EVENTS`` query is a few µs).
+        """
         self._draining = False
         budget, budget_bytes = _BATCH, _BATCH_BYTES
-        for channel, sock in self._sockets:
-            while budget > 0 and budget_bytes > 0 and not sock.closed:
+        for index, (channel, sock) in enumerate(self._sockets):
+            if index not in self._unread:
+                continue
+            while budget > 0 and budget_bytes > 0:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
+                    self._unread.discard(index)
                     break
                 except zmq.ZMQError:
                     return  # closed under us by stop()
                 budget -= 1
                 budget_bytes -= sum(map(len, frames))
                 self._take(channel, frames)
-        if budget <= 0 or budget_bytes <= 0 or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for _, s in self._sockets if not s.closed):
-            self._wake_reader()  # more waiting (or an edge consumed while reading): keep draining, fairly
+        if self._unread and not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._drain)  # the budget ran out: keep draining, fairly
 
     def _take(self, channel: str, frames: list[bytes]) -> None:
         session = self._session
