@@ -42,3 +42,20 @@ async def started_marker(pool: AsyncKernelPool, code: str, session: str | None, 
     task = asyncio.ensure_future(pool.execute(code, session=session, on_output=on_output))
     await asyncio.wait_for(seen.wait(), 30)
     return task
+
+
+# What the pool's start-up cell set in a kernel: IOPub's send limit (read on the IOPub
+# thread, which owns the socket) and IPython's history write cache.
+PREPARED = """\
+import threading, zmq
+_t, _box, _ev = get_ipython().kernel.iopub_thread, [], threading.Event()
+_t.schedule(lambda: (_box.append(_t.socket.getsockopt(zmq.SNDHWM)), _ev.set()))
+_ev.wait(10)
+(_box, get_ipython().history_manager.db_cache_size)"""
+
+
+async def assert_prepared(pool: AsyncKernelPool, session: str) -> None:
+    """The session's first cell is In [1] and its kernel was prepared by the pool's start-up cell."""
+    first = await pool.execute("pass", session=session)
+    assert first.execution_count == 1, "the start-up cell must not count as an execution"
+    assert (await pool.execute(PREPARED, session=session)).result == "([0], 1000)"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from poolkit import started_marker, until
+from poolkit import assert_prepared, started_marker, until
 from jupyter_sessionpool import (
     CheckoutTimeout,
     ExecutionTimeout,
@@ -248,6 +248,10 @@ async def test_sixteen_kernels_start_at_once_without_port_races(make_pool):
     stats = pool.stats()
     assert [r.result for r in results] == ["2"] * 16
     assert stats.counters["start_failures"] == 0 and len({k.pid for k in stats.kernels}) >= 16
+
+
+async def test_a_kernel_is_prepared_before_it_is_lent(make_pool):
+    await assert_prepared(await make_pool(max_kernels=1), "a")
 
 
 # ---- prewarm yields to first cells --------------------------------------------------------------

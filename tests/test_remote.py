@@ -17,7 +17,7 @@ import time
 
 import pytest
 from gatewaykit import Gateway, Proxy, free_port, pool_settings, wait_until
-from poolkit import started_marker, until
+from poolkit import assert_prepared, started_marker, until
 
 from jupyter_sessionpool import (
     AsyncKernelPool,
@@ -70,6 +70,10 @@ async def test_sessions_keep_their_kernel_and_state(gateway, remote):
     assert {k.location for k in kernels} == {f"127.0.0.1:{gateway.port}"} and {k.pid for k in kernels} == {None}
     assert len(gateway.kernels()) == 2
     assert isinstance(pool._workers, GatewayWorkers)
+
+
+async def test_a_remote_ipykernel_is_prepared_like_a_local_one(gateway, remote):
+    await assert_prepared(await remote(gateway, max_kernels=1), "a")
 
 
 async def test_sessions_run_concurrently(gateway, remote):

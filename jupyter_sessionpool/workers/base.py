@@ -37,6 +37,23 @@ ORPHAN_TEXT = 10_000
 _FAIR_SHARE = 256
 
 
+# The pool's own start-up cell for an ipykernel, local or remote, run before the kernel is
+# lent to anyone. It is the kernel's first execution, so a first cell's one-time costs are
+# paid here rather than by the first caller, and it tunes what ipykernel has no setting for:
+# * IOPub's send limit. At zmq's default (1,000 queued) ipykernel drops messages when the
+#   pool's side is slower than a flooding cell (a loaded machine): 2.3% of a 100k-line flood
+#   was lost that way. It is lifted on the kernel's IOPub thread (zmq sockets are not
+#   thread-safe); the pool reads all the time, so the kernel-side queue stays short.
+# * History writes. IPython commits every cell to its sqlite file (a thread wake and a disk
+#   write per cell, ~10% of a remote `pass` on a stock gateway, whose kernels' arguments are
+#   not ours to set); the cache makes it write every 1,000 cells and at exit instead. Local
+#   pool kernels keep history in memory (``--HistoryManager.hist_file=:memory:``).
+IPYKERNEL_PREPARATION = (
+    "(lambda ip, z: (ip.kernel.iopub_thread.schedule(lambda: ip.kernel.iopub_thread.socket.setsockopt(z.SNDHWM, 0)),"
+    " setattr(ip.history_manager, 'db_cache_size', 1000)))(get_ipython(), __import__('zmq')) and None"
+)
+
+
 class KernelExited(Exception):
     """The kernel is gone (its process ended, the gateway lost it); ``reason`` says how."""
 
@@ -287,6 +304,24 @@ class KernelWorker(abc.ABC):
 
         Idempotent, and safe to cancel: a cancelled stop still leaves no kernel behind.
         """
+
+    async def prepare(self, deadline: float) -> None:
+        """Run :data:`IPYKERNEL_PREPARATION` on a fresh ipykernel and wait for its reply and idle."""
+        content = {"code": IPYKERNEL_PREPARATION, "silent": False, "store_history": False,
+                   "user_expressions": {}, "allow_stdin": False, "stop_on_error": False}
+        # not ``silent``: the kernel takes a user cell's path (execute_input, display hook) and pays its first costs
+        request = self.request("execute_request", content)
+        try:
+            replied = idle = False
+            while not (replied and idle):
+                got = await request.next(deadline)
+                if got is None:
+                    raise TimeoutError("the kernel did not finish its start-up cell within the startup timeout")
+                channel, msg = got
+                replied = replied or channel == "shell"
+                idle = idle or (msg.get("msg_type") == "status" and msg["content"].get("execution_state") == "idle")
+        finally:
+            request.close()
 
     @abc.abstractmethod
     def evidence(self) -> str:

@@ -430,6 +430,7 @@ class GatewayWorker(KernelWorker):
         """kernel_info answered on shell, and its iopub ``idle`` seen (the output channel is live)."""
         probe = self.request("kernel_info_request", {})
         replied = idle = False
+        ipykernel = False
         try:
             while not (replied and idle):
                 got = await probe.next(deadline)
@@ -438,10 +439,13 @@ class GatewayWorker(KernelWorker):
                 channel, msg = got
                 if channel == "shell":
                     replied = True
+                    ipykernel = msg["content"].get("implementation") == "ipython"
                 elif msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
                     idle = True
         finally:
             probe.close()
+        if ipykernel:
+            await self.prepare(deadline)
 
     # ---- messages -------------------------------------------------------------------------
 

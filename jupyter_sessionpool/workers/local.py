@@ -51,16 +51,6 @@ _BATCH = 64  # messages handed to the router per loop callback before yielding t
 _BATCH_BYTES = 256 << 10  # ... or this many bytes of them (a flood of 1 MB writes must not hog the loop)
 _POLL_INTERVAL = 0.5  # seconds between liveness polls where no pidfd is available
 
-# ipykernel's IOPub socket drops messages past zmq's default send limit (1,000 queued) when
-# the pool's side is slower than a flooding cell (a loaded machine): 2.3% of a 100k-line
-# flood was lost that way. ipykernel has no setting for it, so lift the limit from inside,
-# on the kernel's IOPub thread (zmq sockets are not thread-safe). The pool reads all the
-# time, so the kernel-side queue stays short; results stay capped by ``max_output_size``.
-_LIFT_IOPUB_HWM = (
-    "(lambda t, z: t.schedule(lambda: t.socket.setsockopt(z.SNDHWM, 0)))"
-    "(get_ipython().kernel.iopub_thread, __import__('zmq'))"
-)
-
 log = logging.getLogger("jupyter_sessionpool")
 
 
@@ -280,32 +270,13 @@ class LocalWorker(KernelWorker):
                         break
                     if got[0] == "shell" and self._iopub_seen:
                         if self._km.ipykernel:
-                            await self._prepare(deadline)
+                            await self.prepare(deadline)
                         return
             finally:
                 request.close()
             if time.monotonic() >= deadline:
                 raise TimeoutError("no kernel_info reply within the startup timeout")
             # no reply yet, or iopub joined late: ask again, which also provokes status messages
-
-    async def _prepare(self, deadline: float) -> None:
-        """Run the pool's own silent cell on a fresh ipykernel and wait for its reply and idle.
-
-        It lifts the IOPub send limit, and it is the kernel's first execution, so the
-        one-time costs of a first cell are paid here rather than by the first caller.
-        """
-        request = self.request("execute_request", _silent(_LIFT_IOPUB_HWM))
-        try:
-            replied = idle = False
-            while not (replied and idle):
-                got = await request.next(deadline)
-                if got is None:
-                    raise TimeoutError("the kernel did not finish its start-up cell within the startup timeout")
-                channel, msg = got
-                replied = replied or channel == "shell"
-                idle = idle or (msg.get("msg_type") == "status" and msg["content"].get("execution_state") == "idle")
-        finally:
-            request.close()
 
     def _failure_reason(self, exc: BaseException) -> str:
         if isinstance(exc, KernelExited):
@@ -480,16 +451,6 @@ class _AnnouncingSession(Session):
         if msg is not None:
             self._announce(msg["header"]["msg_id"])
         return msg
-
-
-def _silent(code: str) -> dict[str, Any]:
-    """execute_request content for pool-internal code: no history, no execution count.
-
-    Not ``silent``: the kernel takes the same path as for a user's cell (execute_input,
-    display hook), so that path's one-time costs are paid here.
-    """
-    return {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": False}
 
 
 def _unpack(session: Session, frames: list[bytes]) -> Message:
