@@ -4,9 +4,12 @@ concurrency, death detection, and what idle remote kernels cost the pool's proce
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import time
+import uuid
 from contextlib import AsyncExitStack
 
 from _common import (
@@ -23,7 +26,13 @@ from _common import (
     stats_rows,
 )
 
+from jupyter_client.session import msg_header
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
 from jupyter_sessionpool import AsyncKernelPool, KernelDied, SessionLost
+from jupyter_sessionpool.workers.base import IPYKERNEL_PREPARATION
+from jupyter_sessionpool.workers.gateway import V1_PROTOCOL, decode_v1, encode_v1
 
 METHOD = """\
 A stock Kernel Gateway 3 on 127.0.0.1 (no TCP_NODELAY patch, default
@@ -31,6 +40,10 @@ A stock Kernel Gateway 3 on 127.0.0.1 (no TCP_NODELAY patch, default
 *Round trip*: `pool.execute("pass", session="a")` on the remote kernel against an
 `AsyncKernelClient` on a local kernel started by a plain `AsyncKernelManager` over ipc
 (*raw ipc*, the pool's local reference), {reps} interleaved rounds after {warmup} warm-ups.
+Beside them, to split the client's share out of the remote figure, *minimal websocket
+client*: the least a client can do on its own remote kernel of the same gateway (tornado,
+the v1 protocol, QUICKACK re-armed per frame, the pool's start-up cell run once, no
+routing, no results).
 *Prewarmed first result*: a pool with `min_idle=1`, ready; the time of the first
 `execute("pass")` of a new session (checkout of the prewarmed remote kernel plus the
 round trip), {first_reps} sessions, the pool refilled before each. *8 × sleep(1)*:
@@ -40,6 +53,43 @@ here this machine) while its cell sleeps; the time until the caller gets `Kernel
 {death_reps} kills, on the stock gateway and on one started with the recommended
 `--KernelRestarter.time_to_dead=0.5`. *Idle CPU*: the CPU time of this process (the pool's)
 over 10 s with 8 idle remote kernels connected."""
+
+
+class _MinimalClient:
+    """A remote kernel driven with nothing but tornado's websocket: the floor for any client."""
+
+    async def open(self, url: str) -> None:
+        self.url = url
+        response = await AsyncHTTPClient().fetch(f"{url}/api/kernels", method="POST", body=json.dumps({"name": "python3"}))
+        self.kernel = json.loads(response.body)["id"]
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.ws = await websocket_connect(
+            f"ws{url[len('http'):]}/api/kernels/{self.kernel}/channels",
+            subprotocols=[V1_PROTOCOL], on_message_callback=self._frame,
+        )  # fmt: skip
+        self.ws.protocol.stream.set_nodelay(True)
+        self.sock = self.ws.protocol.stream.socket
+        await self.execute(IPYKERNEL_PREPARATION)
+
+    def _frame(self, frame: bytes | None) -> None:
+        if frame is not None:
+            self.sock.setsockopt(socket.IPPROTO_TCP, 12, 1)  # TCP_QUICKACK (Linux)
+            self.inbox.put_nowait(decode_v1(frame))
+
+    async def execute(self, code: str) -> None:
+        header = msg_header(uuid.uuid4().hex, "execute_request", "bench", "bench")
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
+        self.ws.write_message(encode_v1("shell", {"header": header, "parent_header": {}, "metadata": {}, "content": content}), binary=True)
+        replied = idle = False
+        while not (replied and idle):
+            channel, msg = await self.inbox.get()
+            if msg["parent_header"].get("msg_id") == header["msg_id"]:
+                replied = replied or channel == "shell"
+                idle = idle or (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
+
+    async def close(self) -> None:
+        self.ws.close()
+        await AsyncHTTPClient().fetch(f"{self.url}/api/kernels/{self.kernel}", method="DELETE")
 
 
 async def _first_result(pool: AsyncKernelPool, reps: int) -> list[float]:
@@ -94,9 +144,13 @@ async def measure(quick: bool) -> Section:
         stock = await stack.enter_async_context(kernel_gateway(0, nodelay=False))
         _, kc_ipc = await stack.enter_async_context(raw_kernel("ipc", POOL_KERNEL_ARGS))
         pool = await stack.enter_async_context(AsyncKernelPool(gateway_url=stock.url, max_kernels=8))
+        minimal = _MinimalClient()
+        await minimal.open(stock.url)
+        stack.push_async_callback(minimal.close)
         round_trip = await interleaved(
             {"raw ipc (local)": lambda: raw_execute(kc_ipc, "pass"),
-             "pool.execute, remote": lambda: pool.execute("pass", session="a")},
+             "pool.execute, remote": lambda: pool.execute("pass", session="a"),
+             "minimal websocket client, remote": lambda: minimal.execute("pass")},
             reps, warmup,
         )  # fmt: skip
         await pool.release("a")
@@ -141,8 +195,12 @@ async def measure(quick: bool) -> Section:
     p50 = {name: Stats.of(xs).p50 for name, xs in round_trip.items()}
     section.targets += [
         Target("remote pool.execute p50 / local raw ipc p50", p50["pool.execute, remote"] / p50["raw ipc (local)"], 1.0, "x",
-               "each of a cell's messages takes one more hop, through the gateway's own Python process "
-               "(zmq → jupyter_server → websocket), on the same cores; the client's share was not split out further"),
+               f"the least a websocket client can do on the same gateway takes "
+               f"{p50['minimal websocket client, remote'] / p50['raw ipc (local)']:.3f}x, and the pool "
+               f"{p50['pool.execute, remote'] / p50['minimal websocket client, remote']:.3f}x that: what is left is "
+               "the gateway's hop (each of a cell's messages passes through its Python process: zmq → "
+               "jupyter_server → websocket, on the same cores) and its kernels, which are not started the "
+               "pool's way (tcp, debugpy loaded)"),
         Target("prewarmed remote session's first result p50", first_s.p50 * 1000, 20, "ms"),
         Target("8 remote sessions × sleep(1), wall p50", conc_s.p50, 1.1, "s"),
         Target("pool process CPU with 8 idle remote kernels", 100 * idle_cpu, 1.0, "%"),

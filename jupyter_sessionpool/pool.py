@@ -9,7 +9,9 @@ cell never delays another session's checkout, execution or check-in.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import weakref
 from typing import Any, Callable
 
 from traitlets import observe
@@ -214,6 +216,7 @@ class AsyncKernelPool(PoolSettings):
         except BaseException:  # e.g. the gateway refused our token: the next start() tries again
             self._loop = None
             raise
+        self._finalizer = weakref.finalize(self, _dropped, self._books, self.log, repr(self))
         self._apply(self._books.settle())
         return self
 
@@ -246,6 +249,7 @@ class AsyncKernelPool(PoolSettings):
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        self._finalizer.detach()
         kernels = len(self._books.slots)
         self.log.info("shutting down the pool: stopping %d kernel(s)", kernels)
         for timer in [*self._timers.values(), self._retry]:
@@ -458,7 +462,7 @@ class AsyncKernelPool(PoolSettings):
         if fx.retry_at is not None and (self._retry is None or fx.retry_at < self._retry.when()):
             if self._retry is not None:
                 self._retry.cancel()
-            self._retry = self._loop.call_at(fx.retry_at - time.monotonic() + self._loop.time(), self._retry_starts)
+            self._retry = self._loop.call_at(fx.retry_at - time.monotonic() + self._loop.time(), _weakly(self._retry_starts))
         if self._yielding and self._books.waiters:
             self._end_yield()  # someone waits: a held-back start may be what they need
         if self._ready_waiters and self._books.fresh_idle() >= self.min_idle:
@@ -500,7 +504,7 @@ class AsyncKernelPool(PoolSettings):
 
     def _arm_expiry(self, session: str, delay: float) -> None:
         if session not in self._timers:
-            self._timers[session] = self._loop.call_later(delay, self._expire, session)
+            self._timers[session] = self._loop.call_later(delay, _weakly(self._expire, session))
 
     def _expire(self, session: str) -> None:
         """The session's idle timer fired: release it if it has really been idle that long.
@@ -557,7 +561,7 @@ class AsyncKernelPool(PoolSettings):
             await self._yield_to_first_cells()
         worker = self._workers.new(slot.kernel_id)
         slot.handle = worker
-        worker.exited.add_done_callback(lambda _: self._on_exit(slot))
+        worker.exited.add_done_callback(_weakly(self._on_exit, slot))
         try:
             await worker.start(self.startup_timeout)
         except Exception as exc:
@@ -610,3 +614,29 @@ class AsyncKernelPool(PoolSettings):
         state = "closed" if self._books.closed else "running" if self._loop is not None else "unstarted"
         return (f"<{type(self).__name__} kernel={self.kernel_name!r} kernels={len(self._books.slots)} "
                 f"busy={busy} max={self.max_kernels} {state}>")
+
+
+# ---- a pool dropped without shutdown() ---------------------------------------------------------
+# Whatever the event loop keeps (timers, readers, a kernel's exit callback) refers to the pool
+# weakly, so a pool nobody holds can be collected; its finalizer then stops its kernels.
+
+
+def _weakly(method: Callable[..., Any], *args: Any) -> Callable[..., None]:
+    """A callback that calls ``method(*args)`` (ignoring its own arguments) while the method's object lives."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*_: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
+
+
+def _dropped(books: Books, log: logging.Logger, name: str) -> None:
+    """A started pool was garbage-collected without ``shutdown()``: stop its kernels, wait for nothing."""
+    workers = [slot.handle for slot in books.slots.values() if slot.handle is not None]
+    if workers:
+        log.warning("%s was dropped without shutdown(); stopping its %d kernel(s)", name, len(workers))
+    for worker in workers:
+        worker.abandon()

@@ -67,6 +67,8 @@ class Gateway:
             "--MappingKernelManager.cull_interval=5",
             "--MappingKernelManager.cull_connected=False",
         ]
+        overridden = {option.partition("=")[0] for option in self.extra}  # traitlets refuses an option twice
+        common = [option for option in common if option.partition("=")[0] not in overridden]
         if self.kind == "kg":
             return [
                 sys.executable, "-m", "kernel_gateway",

@@ -240,3 +240,43 @@ def test_a_blocking_pool_dropped_without_shutdown_stops_its_kernels_when_collect
     assert gone(pid, 20), "the kernel of a dropped pool stayed alive"
     thread.join(10)
     assert not thread.is_alive(), "the dropped pool's thread kept running"
+
+
+async def test_an_async_pool_dropped_without_shutdown_stops_its_kernels_when_collected(caplog):
+    pool = AsyncKernelPool(max_kernels=2, min_idle=1, session_idle_timeout=600)
+    await pool.start()
+    await pool.execute("x = 1", session="a")  # a kernel bound to a session, its idle timer armed
+    await pool.wait_ready(60)  # and a fresh one
+    pids = [k.pid for k in pool.stats().kernels]
+    assert len(pids) == 2
+    del pool
+    gc.collect()
+    for pid in pids:  # waited for off the loop: the stops run on it
+        assert await asyncio.to_thread(gone, pid, 20), "the kernels of a dropped pool stayed alive"
+    assert "dropped without shutdown(); stopping its 2 kernel(s)" in caplog.text
+
+
+def test_an_async_pool_left_running_when_its_loop_ends_stops_its_kernels_when_collected(tmp_path):
+    """``asyncio.run(main())`` where main forgot ``shutdown()``: the loop is gone, the kernels go too."""
+    script = tmp_path / "forgot.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, gc, sys
+        from jupyter_sessionpool import AsyncKernelPool
+
+        async def main():
+            pool = AsyncKernelPool(max_kernels=1)
+            await pool.start()
+            r = await pool.execute("import os; os.getpid()", session="a")
+            return int(r.result)
+
+        pid = asyncio.run(main())
+        gc.collect()
+        print(pid, flush=True)
+        sys.stdin.read()  # stay alive until the test has looked
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        assert gone(pid, 20), "the kernel outlived its dropped pool while the script still ran"
+    finally:
+        proc.communicate("", timeout=30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import re
 import threading
+import time
 
 import psutil
 import pytest
@@ -158,6 +159,26 @@ def test_outputs_and_last_expression_reach_the_cell(ip):
     data = [out.data for out in captured.outputs]
     assert data[0]["text/html"] == "<b>rich</b>"
     assert data[1]["text/plain"] == "42"
+
+
+def test_output_made_between_cells_comes_first_in_a_later_cell(ip, tmp_path):
+    """A thread prints 2 s after its cell ended: a later cell of the session shows it first, headed, once."""
+    marker = tmp_path / "printed"
+    run(ip, f"%%pool session=a\nimport pathlib, threading\n"
+            f"threading.Timer(2, lambda: (print('late', flush=True), pathlib.Path({str(marker)!r}).touch())).start()")
+    deadline = time.monotonic() + 60
+    while not marker.exists():  # another process's doing: no event reaches the test
+        assert time.monotonic() < deadline, "the kernel's thread never printed"
+        time.sleep(0.05)
+    # Sent before the next cell's messages (one IOPub queue), it is in the ring when this cell
+    # starts, or arrives during it and waits for the one after: either way shown exactly once.
+    shown = []
+    for text in ("next", "again"):
+        _, captured = run(ip, f"%%pool session=a\nprint({text!r})")
+        shown.append((captured.stderr, captured.stdout))
+    headed = ("[output of session a while no cell ran]\n", "late\n")
+    assert shown in ([(headed[0], headed[1] + "next\n"), ("", "again\n")],
+                     [("", "next\n"), (headed[0], headed[1] + "again\n")])
 
 
 def test_remote_error_is_the_remote_exception_shown_once_and_fails_the_cell(ip):

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 from gatewaykit import Gateway, Proxy, free_port, pool_settings, wait_until
 from poolkit import assert_prepared, started_marker, until
@@ -23,6 +24,7 @@ from jupyter_sessionpool import (
     AsyncKernelPool,
     ExecutionTimeout,
     KernelDied,
+    KernelPool,
     KernelStartError,
     SessionLost,
 )
@@ -260,3 +262,41 @@ def test_ctrl_c_in_a_script_leaves_no_kernel_on_the_gateway(kg, tmp_path):
         proc.kill()
         proc.wait()
     assert kg.kernels() == []
+
+
+def test_a_sigkilled_pools_kernels_are_culled_by_the_gateway(tmp_path):
+    """docs/remote.md: nothing deletes a SIGKILLed pool's kernels; the gateway's culler
+    reclaims them once idle, while a living pool's idle kernels (connected) are untouched."""
+    culling = ["--MappingKernelManager.cull_idle_timeout=4", "--MappingKernelManager.cull_interval=1"]
+    gw = Gateway("kg", tmp_path, extra=culling).start()
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from jupyter_sessionpool import KernelPool
+        pool = KernelPool(gateway_url={gw.url!r}, gateway_token={gw.token!r}, max_kernels=2, min_idle=1).start()
+        pool.execute("x = 1", session="a")
+        pool.wait_ready(60)
+        print("ready", flush=True)
+        sys.stdin.read()
+    """))
+    proc = None
+    try:
+        with KernelPool(gateway_url=gw.url, gateway_token=gw.token, max_kernels=1) as living:
+            living.execute("y = 2", session="kept")
+            (kept,) = [k["id"] for k in gw.kernels()]
+            proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline() == "ready\n"
+            orphans = [k["id"] for k in gw.kernels() if k["id"] != kept]
+            pids = [gw.kernel_pid(k) for k in orphans]
+            assert len(pids) == 2
+            proc.kill()
+            proc.wait()
+            asyncio.run(wait_until(lambda: [k["id"] for k in gw.kernels()] == [kept], 60, "the culler to reclaim the orphans"))
+            assert not any(psutil.pid_exists(pid) for pid in pids), "a culled kernel's process is still alive"
+            assert living.execute("y", session="kept").result == "2", "the living pool's idle kernel was culled"
+        assert gw.kernels() == []
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        gw.stop()

@@ -372,7 +372,8 @@ class PoolMagics(Magics):
         traceback. Interrupting this cell interrupts the remote cell. ``timeout``
         interrupts the remote cell after SECONDS (default: ``KernelPool.execution_timeout``).
         If every kernel is held by other sessions, the cell says so at once, and how to
-        free one, until it gets a kernel.
+        free one, until it gets a kernel. Output the session's kernel made while none of its
+        cells ran (a thread printing after its cell ended) comes first, headed as such.
 
         ``--bg`` runs it in the background: the cell returns at once, and the output keeps
         arriving in this cell (never in a later one) while other cells run, as one display
@@ -410,6 +411,11 @@ class PoolMagics(Magics):
         notice = Notice(self.shell)
         unsubscribe = pool.subscribe(lambda stats: notice.show(waiting_message(stats, args.session)))
         try:
+            stray = pool.stray_output(args.session)
+            if stray:  # e.g. a thread that printed after its cell ended: shown here, headed, never lost
+                route({"output_type": "stream", "name": "stderr", "text": f"[output of session {args.session} while no cell ran]\n"})
+                for output in stray:
+                    route(output)
             result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
         except BaseException:
             route.end(drop=True)  # the pool's error (or the interrupt) is what this cell shows

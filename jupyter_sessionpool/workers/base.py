@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -327,9 +328,45 @@ class KernelWorker(abc.ABC):
     def evidence(self) -> str:
         """What to show in an error about this kernel: its stderr tail, or the gateway's answer."""
 
+    def abandon(self) -> None:
+        """Stop the kernel without waiting for it, from any thread: its pool was dropped without shutdown().
+
+        On a running loop the stop is a task of its own; where the loop no longer runs, :meth:`kill`.
+        """
+        loop = self.exited.get_loop()
+        if loop.is_running():
+            loop.call_soon_threadsafe(_stop_abandoned, self)
+        else:
+            self.kill()
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """End the kernel at once without the event loop (what :meth:`abandon` does where no loop runs)."""
+
+
+_abandoned: set[asyncio.Task[None]] = set()  # stops of dropped pools' kernels, held until done
+
+
+def _stop_abandoned(worker: KernelWorker) -> None:
+    task = asyncio.ensure_future(worker.stop(0, now=True))
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
 
 class Workers(abc.ABC):
-    """Makes one pool's kernel workers and owns what they share (a zmq context, an HTTP client)."""
+    """Makes one pool's kernel workers and owns what they share (a zmq context, an HTTP client).
+
+    ``settings`` is the pool (a PoolSettings), read as each kernel is made, so a changed
+    setting applies to the next kernel. It is held weakly: the loop keeps the workers (their
+    readers), and must not keep a pool nobody holds from being collected.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = weakref.ref(settings)
+
+    @property
+    def settings(self) -> Any:
+        return self._settings()
 
     @abc.abstractmethod
     async def open(self) -> None:

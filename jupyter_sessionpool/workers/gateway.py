@@ -138,7 +138,7 @@ class GatewayWorkers(Workers):
     """Makes one pool's gateway workers; owns the HTTP client, the gateway's address and headers."""
 
     def __init__(self, settings: PoolSettings) -> None:
-        self.settings = settings  # kernel_name, env and cwd are read at each start, like the local workers
+        super().__init__(settings)  # kernel_name, env and cwd are read at each start, like the local workers
         self.log = settings.log
         self.url = settings.gateway_url.rstrip("/")
         self.ws_url = "ws" + self.url[len("http") :]
@@ -583,6 +583,11 @@ class GatewayWorker(KernelWorker):
             self._lost("the gateway no longer has the kernel (it died or was culled)")
         elif response.code >= 300:
             self._log.warning("gateway refused to interrupt kernel %s: HTTP %s %s", self.kernel_id, response.code, _gateway_message(response))
+
+    def kill(self) -> None:
+        if self.remote_id is not None and self._stop_task is None:  # a DELETE needs a loop: the culler must do it
+            self._log.warning("kernel %s (%s) is left on %s for the gateway's culler to reclaim",
+                              self.kernel_id, self.remote_id, self.location)
 
     async def stop(self, timeout: float, now: bool = False) -> None:
         """Close the websocket and DELETE the kernel (the gateway shuts it down, then kills it).

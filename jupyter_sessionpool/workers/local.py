@@ -100,16 +100,20 @@ class _PooledKernelManager(AsyncKernelManager):
 class LocalWorkers(Workers):
     """The local kernels of one pool: their 0700 runtime directory and their one zmq context.
 
-    ``settings`` is the pool (a PoolSettings): ``kernel_name``, ``transport``, ``env`` and
-    ``cwd`` are read when each kernel is made, so a changed setting applies to the next one.
+    Each kernel is made from the pool's ``kernel_name``, ``transport``, ``env`` and ``cwd``.
     """
 
     def __init__(self, settings: Any) -> None:
         check_kernelspec(settings.kernel_name)
-        self.settings = settings
+        super().__init__(settings)
         self.dir: Path | None = None
+        # One zmq context, two faces: plain sockets for the readers, asyncio ones for jupyter_client.
+        # The asyncio face owns it, because whichever owns it closes only the sockets it made
+        # when it is destroyed, then waits for the rest: ours are closed by every stop, even a
+        # cancelled one, while jupyter_client's may be left open by a cancelled shutdown (a pool
+        # dropped as its loop ends), and would otherwise hang the context's end forever.
+        self.async_context: zmq.asyncio.Context | None = None
         self.context: zmq.Context[Any] | None = None
-        self.async_context: zmq.asyncio.Context | None = None  # the same context, for jupyter_client's own sockets
         self._remove_dir: Any = None
 
     async def open(self) -> None:
@@ -117,15 +121,15 @@ class LocalWorkers(Workers):
         self.dir = Path(tempfile.mkdtemp(prefix=f"jsp-{os.getpid()}-"))  # 0700; short: ipc paths < 107 bytes
         self._remove_dir = functools.partial(shutil.rmtree, self.dir, ignore_errors=True)
         atexit.register(self._remove_dir)
-        self.context = zmq.Context()
-        self.async_context = zmq.asyncio.Context.shadow(self.context.underlying)
+        self.async_context = zmq.asyncio.Context()
+        self.context = zmq.Context.shadow(self.async_context.underlying)
 
     def new(self, kernel_id: str) -> LocalWorker:
         return LocalWorker(self, kernel_id)
 
     async def close(self) -> None:
-        if self.context is not None:
-            self.context.destroy(linger=0)
+        if self.async_context is not None:
+            self.async_context.destroy(linger=0)
         if self._remove_dir is not None:
             self._remove_dir()
             atexit.unregister(self._remove_dir)
@@ -256,7 +260,7 @@ class LocalWorker(KernelWorker):
             sock.connect(f"{info['transport']}://{info['ip']}{sep}{info[port]}")
         self._sockets = [("shell", shell), ("iopub", iopub)]
         for index, (_, sock) in enumerate(self._sockets):
-            self._loop.add_reader(sock.FD, self._wake_reader, index)
+            self._loop.add_reader(sock.FD, self._readable, index)
 
     async def _health_check(self, deadline: float) -> None:
         """kernel_info must be answered on shell, and some iopub message seen (subscription live)."""
@@ -294,10 +298,18 @@ class LocalWorker(KernelWorker):
             raise KernelExited(self.exited.result() if self.exited.done() else "not started")
         msg = self._session.msg(msg_type, content)
         request = self.router.open(msg["header"]["msg_id"], channel)
-        self._session.send(self._sockets[0][1], msg)
-        self._wake_reader(0)  # a send can consume the shell descriptor's edge: look again
+        shell = self._sockets[0][1]
+        self._session.send(shell, msg)
+        if shell.get(zmq.EVENTS) & zmq.POLLIN:  # a send can consume the descriptor's edge: look again
+            self._wake_reader(0)
         log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id)
         return request
+
+    def _readable(self, index: int) -> None:
+        """The loop saw socket ``index``'s descriptor signal: drain now, unless a drain is already due."""
+        self._unread.add(index)
+        if not self._draining:
+            self._drain()
 
     def _wake_reader(self, index: int) -> None:
         """Socket ``index`` may hold messages: drain it soon."""
@@ -403,6 +415,14 @@ class LocalWorker(KernelWorker):
         """Interrupt the running cell (SIGINT or interrupt_request, as the kernelspec says)."""
         if self.alive and self._km is not None:
             await self._km.interrupt_kernel()
+
+    def kill(self) -> None:
+        process = getattr(self._km.provisioner, "process", None) if self._km is not None else None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        if self._km is not None:
+            self._km.cleanup_connection_file()
 
     async def stop(self, timeout: float, now: bool = False) -> None:
         km = self._km
