@@ -537,7 +537,8 @@ class AsyncKernelPool(PoolSettings):
 
     def _make_workers(self) -> Workers:
         """The factory of this pool's kernel workers: on the gateway when ``gateway_url`` is set, else local."""
-        return GatewayWorkers(self) if self.gateway_url else LocalWorkers(self)
+        settings = weakref.proxy(self)  # the loop keeps the workers (readers): it must not keep the pool
+        return GatewayWorkers(settings) if self.gateway_url else LocalWorkers(settings)
 
     def _first_cell_ended(self) -> None:
         self._first_cells -= 1

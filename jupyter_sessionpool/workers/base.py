@@ -19,7 +19,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-import weakref
 from collections import deque
 from typing import Any
 
@@ -356,17 +355,12 @@ def _stop_abandoned(worker: KernelWorker) -> None:
 class Workers(abc.ABC):
     """Makes one pool's kernel workers and owns what they share (a zmq context, an HTTP client).
 
-    ``settings`` is the pool (a PoolSettings), read as each kernel is made, so a changed
-    setting applies to the next kernel. It is held weakly: the loop keeps the workers (their
-    readers), and must not keep a pool nobody holds from being collected.
+    ``settings`` (a PoolSettings: the pool passes a weak proxy of itself) is read as each
+    kernel is made, so a changed setting applies to the next kernel.
     """
 
     def __init__(self, settings: Any) -> None:
-        self._settings = weakref.ref(settings)
-
-    @property
-    def settings(self) -> Any:
-        return self._settings()
+        self.settings = settings
 
     @abc.abstractmethod
     async def open(self) -> None:

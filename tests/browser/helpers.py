@@ -16,6 +16,8 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "langua
 KERNEL_READY_TIMEOUT = 60_000
 PALETTE_ENTRY = "Show Kernel Pool Panel"
 PALETTE_COMMAND = "jupyter-sessionpool:open-panel"
+# ms until a released kernel leaves the UI: its graceful stop may take shutdown_timeout (5 s), then a kill
+KERNEL_GONE = 30_000
 
 _KERNEL_IDLE = """() => {
     const widget = window.jupyterapp.shell.currentWidget;

@@ -16,6 +16,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from .conftest import JupyterServer
 from .helpers import (
+    KERNEL_GONE,
     cell,
     current_notebook,
     open_notebook,
@@ -64,8 +65,7 @@ def release(page: Page, panel: Locator, session: str) -> None:
     expect(row(panel, session, "idle")).to_be_visible()
     button.click()
     page.get_by_role("dialog").get_by_role("button", name="Release").click()
-    # the card goes once the kernel is gone: a graceful stop may take up to shutdown_timeout (5 s), then a kill
-    expect(row(panel, session)).to_have_count(0, timeout=30_000)
+    expect(row(panel, session)).to_have_count(0, timeout=KERNEL_GONE)  # the card goes once the kernel is gone
 
 
 def test_loads_without_console_errors_and_opens_from_the_palette(
@@ -168,7 +168,7 @@ def test_a_kernel_restart_leaves_panel_and_widget_working(
     restarted = page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.restartKernel()"
                               ".then(() => 'ok', error => String(error))")
     assert restarted == "ok"
-    expect(row(panel, "s")).to_have_count(0)
+    expect(row(panel, "s")).to_have_count(0, timeout=KERNEL_GONE)
     # the old kernel's widget says it is not live, once, rather than a broken icon per part
     widget = output(page, 2).locator(".jsp-pool-widget")
     expect(widget).to_have_class(re.compile(r"\bjupyter-widgets-disconnected\b"))

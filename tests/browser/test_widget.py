@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from .conftest import JupyterServer
-from .helpers import current_notebook, open_notebook, output, run_cell
+from .helpers import KERNEL_GONE, current_notebook, open_notebook, output, run_cell
 
 pytestmark = pytest.mark.browser
 
@@ -69,7 +69,7 @@ def test_widget_follows_background_cells_and_acts_from_each_row(
     kernel("nap").get_by_role("button", name="Release").click()
     expect(widget).to_contain_text("every variable and import of the session is lost")
     kernel("nap").get_by_role("button", name="Confirm release").click()
-    expect(kernel("nap")).to_have_count(0)
+    expect(kernel("nap")).to_have_count(0, timeout=KERNEL_GONE)  # the row goes once the kernel is gone
     expect(widget).to_contain_text("release nap: done")
     expect(kernel("long", "idle")).to_be_visible()
     assert console_errors == []
