@@ -185,7 +185,7 @@ class SyncLease:
             source = self._pool._call(lambda: self._lease.client)
             if source is None:
                 return None
-            self._client = BlockingKernelClient(session=source.session)  # its requests are announced too
+            self._client = BlockingKernelClient(session=source.session.sibling())  # its requests are announced too
             self._client.load_connection_info(source.get_connection_info())
             self._client.start_channels(stdin=False, hb=False)
         return self._client

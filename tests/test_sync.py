@@ -34,6 +34,19 @@ def test_blocking_pool_round_trip_and_lease():
     assert pool.stats().closed
 
 
+def test_lease_client_gets_its_replies_on_every_lease_of_a_session():
+    """Each lease's BlockingKernelClient has a shell identity of its own. ipykernel's ROUTER
+    hands a name over to the peer that connected last, so a client sharing the pool-side
+    client's name lost its replies whenever that one connected later (a race, seen under load)."""
+    with KernelPool(max_kernels=1) as pool:
+        for i in range(3):
+            with pool.checkout(session="b") as lease:
+                msg_id = lease.client.execute(f"z = {i}")
+                reply = lease.client.get_shell_msg(timeout=30)
+                assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "ok"
+        assert pool.execute("z", session="b").result == "2"
+
+
 def test_works_when_called_from_inside_a_running_event_loop():
     async def main() -> str:
         with KernelPool(max_kernels=1) as pool:

@@ -472,6 +472,17 @@ class _AnnouncingSession(Session):
             self._announce(msg["header"]["msg_id"])
         return msg
 
+    def sibling(self) -> _AnnouncingSession:
+        """A session announcing to the same place under its own id, for a second client.
+
+        jupyter_client names a client's shell socket after its session id, and ipykernel's
+        ROUTER socket (``ROUTER_HANDOVER``) sends every reply to whichever peer of a name
+        connected last: of two clients sharing a session, one loses its replies, and which one
+        is a race (seen under load: a ``Lease.client`` reply never came).
+        """
+        return _AnnouncingSession(self._announce, key=self.key, signature_scheme=self.signature_scheme,
+                                  username=self.username)
+
 
 def _unpack(session: Session, frames: list[bytes]) -> Message:
     """A verified message from its frames: what ``Session.deserialize`` returns, minus its per-message extras.
