@@ -77,7 +77,8 @@ class Request:
 
     def _put(self, channel: str, msg: Message) -> None:
         self._queue.append((channel, msg))
-        self._wake()
+        if not _opens_a_request(msg):
+            self._wake()
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
@@ -142,6 +143,16 @@ class Request:
 
 
 _EXPIRED = object()
+
+
+def _opens_a_request(msg: Message) -> bool:
+    """A request's ``busy`` or its ``execute_input``: no reader acts on either before what follows.
+
+    They wait in the queue for the next message instead of waking the reader: a wake-up is a
+    loop pass and a task step, two per cell the pool paid and never used (profiled).
+    """
+    kind = msg.get("msg_type")
+    return kind == "execute_input" or (kind == "status" and msg.get("content", {}).get("execution_state") == "busy")
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:

