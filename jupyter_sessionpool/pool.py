@@ -30,9 +30,9 @@ from .workers.local import LocalWorkers
 Subscriber = Callable[[PoolStats], Any]
 _UNSET: Any = object()
 _SUBSCRIBER_BACKLOG = 1000  # snapshots kept for a subscriber slower than the pool's changes (oldest dropped)
-# A prewarm start (one nobody waits for) lets the first cells of newly checked-out kernels
-# finish before it spawns a kernel, for up to this many seconds: a kernel's start takes a
-# core for a second, and on a small machine it was half of a new session's first result.
+# A prewarm start (one nobody waits for) lets the first cells running when it is due finish
+# before it spawns a kernel, for up to this many seconds: a kernel's start takes a core for a
+# second, and on a small machine it was half of a new session's first result.
 _PREWARM_YIELD = 0.5
 
 
@@ -110,9 +110,7 @@ class Lease:
         run = self._inflight = execution.Execution(
             self._worker, code, on_output, self._pool.max_output_size, store_history
         )
-        first = self._slot.executions == 0
-        if first:
-            self._pool._first_cells += 1
+        first = self._pool._first_cell_began() if self._slot.executions == 0 else None
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
@@ -132,8 +130,8 @@ class Lease:
             self._discard, self._inflight = "its kernel broke the messaging protocol", None
             raise
         finally:
-            if first:
-                self._pool._first_cell_ended()
+            if first is not None:
+                self._pool._first_cell_ended(first)
         self._inflight = None
         self._slot.executions += 1
         return result
@@ -199,8 +197,8 @@ class AsyncKernelPool(PoolSettings):
         self._closing: asyncio.Task[None] | None = None
         self._hurried = False  # Ctrl-C during shutdown: kill kernels instead of asking them to exit
         self._kills: set[asyncio.Task[None]] = set()
-        self._first_cells = 0  # first executions on their kernels, running now
-        self._yielding: list[asyncio.Future[None]] = []  # prewarm starts waiting for those to end
+        self._first_cells: set[asyncio.Future[None]] = set()  # first executions on their kernels, running now
+        self._yielding: set[asyncio.Future[None]] = set()  # prewarm starts waiting for those to end
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -540,10 +538,14 @@ class AsyncKernelPool(PoolSettings):
         settings = weakref.proxy(self)  # the loop keeps the workers (readers): it must not keep the pool
         return GatewayWorkers(settings) if self.gateway_url else LocalWorkers(settings)
 
-    def _first_cell_ended(self) -> None:
-        self._first_cells -= 1
-        if not self._first_cells:
-            self._end_yield()
+    def _first_cell_began(self) -> asyncio.Future[None]:
+        ended = self._loop.create_future()
+        self._first_cells.add(ended)
+        return ended
+
+    def _first_cell_ended(self, ended: asyncio.Future[None]) -> None:
+        self._first_cells.discard(ended)
+        ended.set_result(None)
 
     def _end_yield(self) -> None:
         for fut in self._yielding:
@@ -552,10 +554,18 @@ class AsyncKernelPool(PoolSettings):
         self._yielding.clear()
 
     async def _yield_to_first_cells(self) -> None:
-        """Hold a prewarm start back while first cells run (up to ``_PREWARM_YIELD`` s)."""
-        fut = self._loop.create_future()
-        self._yielding.append(fut)
-        await asyncio.wait([fut], timeout=_PREWARM_YIELD)
+        """Hold a prewarm start back until the first cells running now end (up to ``_PREWARM_YIELD`` s).
+
+        Only those: under churn new sessions begin all the time, and a start that waited for
+        every first cell would wait its whole allowance every time.
+        """
+        released = self._loop.create_future()
+        self._yielding.add(released)
+        try:
+            ended = asyncio.gather(*self._first_cells)
+            await asyncio.wait([ended, released], timeout=_PREWARM_YIELD, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._yielding.discard(released)
 
     async def _start(self, slot: Slot) -> None:
         if self._first_cells and not self._books.waiters:

@@ -289,6 +289,19 @@ async def test_a_long_first_cell_holds_a_prewarm_start_back_only_briefly(make_po
     cell.cancel()
 
 
+async def test_a_prewarm_start_waits_only_for_the_first_cells_running_when_it_was_due(make_pool, long_yield):
+    pool = await make_pool(max_kernels=3, min_idle=2)
+    await pool.wait_ready(timeout=60)
+    cell_a = await started_marker(pool, "print('started', flush=True); import time; time.sleep(1)", "a")
+    (refill,) = [k for k in pool.stats().kernels if k.state == "starting"]
+    assert refill.pid is None, "the refill was spawned while a's first cell ran"
+    cell_b = await started_marker(pool, "print('started', flush=True); import time; time.sleep(60)", "b")
+    assert (await cell_a).status == "ok"
+    await asyncio.wait_for(until(pool, lambda s: _refill(s).state == "idle"), 45)
+    assert not cell_b.done(), "the refill waited for b's first cell, which began after it was due"
+    cell_b.cancel()
+
+
 async def test_a_caller_waiting_for_a_kernel_is_not_held_back(make_pool, long_yield):
     pool = await make_pool(max_kernels=3, min_idle=1)
     await pool.wait_ready(timeout=60)
