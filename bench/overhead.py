@@ -44,11 +44,11 @@ kernel's websocket (JSON messages, websocket-client) on a gateway started with
 {gw_reps} interleaved rounds with the raw ipc kernel and `pool.execute` as the reference."""
 
 PER_MESSAGE_WHY = (
-    "the same pair in a lean process (a script that imports only the pool) measured 0.85–0.87x in "
-    "repeated runs, this one has imported every peer of the later items (ipyparallel, papermill, "
-    "nbclient: ~880 modules, ~200k objects), which costs the pool's side more than the raw client's "
-    "(not garbage collection: gc.disable() changes nothing). Per message the pool's client still pays "
-    "zmq's per-frame `recv_multipart` and the EAGAIN that ends each drain (profiled); see the profile notes."
+    "the pool's client uses less CPU per round trip than the raw one (0.8–1.0 ms against 1.2–1.8 ms, "
+    "measured by hand); the rest of the wall time is the kernel's and the two processes' wake-ups on two "
+    "cores, and the ratio moves with the process: the same pair measured 0.86–0.91x in a script that imports "
+    "only the pool and 0.91–0.98x once every benchmark module is imported (~880 modules, ~200k objects), "
+    "5 runs each (gc.disable() changes nothing); see the profile notes."
 )
 IPP_WHY = (
     "ipyparallel's engine answers `apply` without IPython's cell machinery (no `run_cell`, no "
