@@ -46,7 +46,11 @@ _DEATH_SIGNAL = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 _FASTSTART = str(Path(__file__).resolve().parent / "_faststart")
 
 _STDERR_TAIL_BYTES = 4000
-_IOPUB_RESEND = 0.25  # seconds to wait for iopub before re-sending kernel_info (slow joiner)
+_IOPUB_RESEND = 0.25  # seconds to wait for iopub before re-sending kernel_info (slow joiner) ...
+_IOPUB_AFTER_REPLY = 0.02  # ... or this long after its reply: a kernel that answered sends its idle at once
+# How often a socket retries a connect the kernel refuses. It binds some 300 ms after its launch,
+# and at zmq's default (100 ms) its first reply came up to 100 ms after it was up, and iopub later still.
+_RECONNECT_MS = 10
 _BATCH = 64  # messages handed to the router per loop callback before yielding to other work ...
 _BATCH_BYTES = 256 << 10  # ... or this many bytes of them (a flood of 1 MB writes must not hog the loop)
 _POLL_INTERVAL = 0.5  # seconds between liveness polls where no pidfd is available
@@ -256,6 +260,7 @@ class LocalWorker(KernelWorker):
             sock.linger = 0
             # No receive limit: at zmq's default (1,000 messages) a flooding cell lost output.
             sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
             sep = "-" if info["transport"] == "ipc" else ":"
             sock.connect(f"{info['transport']}://{info['ip']}{sep}{info[port]}")
         self._sockets = [("shell", shell), ("iopub", iopub)]
@@ -268,16 +273,20 @@ class LocalWorker(KernelWorker):
             request = self.request("kernel_info_request", {})
             try:
                 wait_until = min(deadline, time.monotonic() + _IOPUB_RESEND)
-                while True:
+                replied = False
+                while not (replied and self._iopub_seen):
                     got = await request.next(wait_until)
                     if got is None:
                         break
-                    if got[0] == "shell" and self._iopub_seen:
-                        if self._km.ipykernel:
-                            await self.prepare(deadline)
-                        return
+                    if got[0] == "shell" and not replied:
+                        replied = True  # the kernel is up: its idle follows at once, unless iopub has not joined yet
+                        wait_until = min(wait_until, time.monotonic() + _IOPUB_AFTER_REPLY)
             finally:
                 request.close()
+            if replied and self._iopub_seen:  # that iopub message may have answered an earlier request
+                if self._km.ipykernel:
+                    await self.prepare(deadline)
+                return
             if time.monotonic() >= deadline:
                 raise TimeoutError("no kernel_info reply within the startup timeout")
             # no reply yet, or iopub joined late: ask again, which also provokes status messages
