@@ -1,7 +1,7 @@
 """The extension in a real ``jupyter lab`` and ``jupyter notebook`` (Notebook 7) with headless
 Chromium: it loads without console errors, the panel opens from the command palette and
 follows the active notebook's pool live, its buttons (named for screen readers too) act on
-it, release asks first, and all of it survives a restart of the notebook's kernel. In
+it, release and restart ask first, and all of it survives a restart of the notebook's kernel. In
 JupyterLab the status-bar item follows notebook switches and page reloads. Saves the panel
 screenshot used in the docs (docs/panel.png, from JupyterLab).
 """
@@ -53,18 +53,22 @@ def row(panel: Locator, session: str, state: str | None = None) -> Locator:
     return panel.locator(selector)
 
 
-def release(page: Page, panel: Locator, session: str) -> None:
-    """Release ``session`` from the panel: the dialog asks first; Cancel keeps it, Release goes."""
-    button = panel.get_by_role("button", name=f"Release session {session}")
+def confirm_action(page: Page, panel: Locator, session: str, action: str) -> None:
+    """Release or restart ``session`` from the panel: the dialog asks first; Cancel keeps it, then it goes.
+
+    Either way the session's kernel leaves (a restarted session gets a fresh one on its next cell).
+    """
+    label = action.capitalize()
+    button = panel.get_by_role("button", name=f"{label} session {session}")
     button.click()
     dialog = page.get_by_role("dialog")
-    expect(dialog).to_contain_text(f"Release session {session}?")
+    expect(dialog).to_contain_text(f"{label} session {session}?")
     expect(dialog).to_contain_text(f"Every variable and import of session {session} is lost")
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_have_count(0)
     expect(row(panel, session, "idle")).to_be_visible()
     button.click()
-    page.get_by_role("dialog").get_by_role("button", name="Release").click()
+    page.get_by_role("dialog").get_by_role("button", name=label).click()
     expect(row(panel, session)).to_have_count(0, timeout=KERNEL_GONE)  # the card goes once the kernel is gone
 
 
@@ -100,6 +104,7 @@ def test_sessions_live_background_output_and_panel_actions(
             "%%pool session=b\nprint('b ready')",
             "%%pool session=a --bg\nimport time\nprint('nap started', flush=True)\ntime.sleep(4)\nprint('nap done')",
             "%%pool session=b\nimport time\nprint('long started', flush=True)\ntime.sleep(300)",
+            "%%pool session=b\nprint('b fresh:', 'time' not in dir())",
         ],
     )
     lab = server.app == "lab"
@@ -145,8 +150,14 @@ def test_sessions_live_background_output_and_panel_actions(
     expect(row(panel, "b", "idle")).to_be_visible()
 
     # release asks first, then removes the session and its kernel
-    release(page, panel, "a")
+    confirm_action(page, panel, "a", "release")
     expect(row(panel, "b")).to_have_count(1)
+
+    # restart asks first too; b's next cell then runs on a fresh kernel, without b's state
+    confirm_action(page, panel, "b", "restart")
+    run_cell(page, 5)
+    expect(output(page, 5)).to_contain_text("b fresh: True", timeout=POOL_START)
+    expect(row(panel, "b").locator(".jsp-Kernel-runs")).to_have_text("1 run")
     expect(panel.locator(".jsp-Panel-error")).to_have_text("")
     assert console_errors == []
 
@@ -199,7 +210,7 @@ def test_a_kernel_restart_leaves_panel_and_widget_working(
     # the new pool shows in the panel, and the panel acts on it
     run_cell(page, 1)
     expect(row(panel, "s", "idle")).to_be_visible(timeout=POOL_START)
-    release(page, panel, "s")
+    confirm_action(page, panel, "s", "release")
     expect(panel.locator(".jsp-Panel-empty")).to_have_text(
         "No kernels running: sessions released; the next %%pool cell starts one."
     )
