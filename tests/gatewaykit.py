@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EG_VENV = Path(os.environ.get("JSP_EG_VENV", ROOT / ".venv-eg"))
+EG_VENV = Path(os.environ.get("JSP_EG_VENV") or ROOT / ".venv-eg")  # unset or empty: the one make test builds
 KERNELSPECS = {
     "python3": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"],
     "crash": [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"],
