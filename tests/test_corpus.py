@@ -90,7 +90,7 @@ _VOLATILE = [
     (re.compile(r"0x[0-9a-fA-F]+"), "0x?"),  # addresses in reprs
     (re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}"), "<uuid>"),
     (re.compile(r"[0-9a-f]{32}"), "<uuid>"),
-    (re.compile(r"\d+(\.\d+)?\s*(ns|µs|us|ms|s|min)\b"), "<time>"),  # %%time, %timeit
+    (re.compile(r"\d+(\.\d+)?\s*(ns|µs|μs|us|ms|s|min)\b"), "<time>"),  # %%time, %timeit (IPython writes μ, U+03BC)
 ]
 _IMAGES = ("image/png", "image/jpeg", "image/svg+xml", "audio/wav", "video/mp4")
 
