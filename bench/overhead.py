@@ -135,8 +135,8 @@ async def measure(quick: bool) -> Section:
     )
     if pool_p50 < raw_p50:
         section.notes.append(
-            "`pool.execute` can beat the raw async client: the pool waits on one `recv_multipart` future per "
-            "socket (shell and iopub armed together), while `AsyncKernelClient.get_shell_msg`/`get_iopub_msg` "
+            "`pool.execute` can beat the raw async client: the pool reads its sockets in the loop's own reader "
+            "callback (no future per message), while `AsyncKernelClient.get_shell_msg`/`get_iopub_msg` "
             "await a `poll()` and then a `recv` for every message, and read shell before iopub."
         )
     return section
