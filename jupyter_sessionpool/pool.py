@@ -91,8 +91,9 @@ class Lease:
         ``timeout`` (seconds; default ``execution_timeout``) interrupts the cell, then
         replaces the kernel if it does not stop within ``interrupt_timeout``. With
         ``store_history=False`` the code leaves no trace in ``In``/``_i`` and does not
-        count as an execution. Raises ExecutionTimeout, KernelDied or ProtocolError;
-        user exceptions are results.
+        advance the kernel's execution count. Every cell sent counts as one of the kernel's
+        runs (``KernelStats.executions``), however it ends. Raises ExecutionTimeout,
+        KernelDied or ProtocolError; user exceptions are results.
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
@@ -111,11 +112,12 @@ class Lease:
             self._worker, code, on_output, self._pool.max_output_size, store_history
         )
         first = self._pool._first_cell_began() if self._slot.executions == 0 else None
+        self._slot.executions += 1  # sent: it runs, however it ends (a timeout is a run too)
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
             self._pool._count("timeouts")
-            self._pool.log.warning("cell on kernel %s (session %s) timed out after %g s; %s", self.kernel_id[:8],
+            self._pool.log.warning("cell on kernel %s (session %s) timed out after %g s; %s", self.kernel_id,
                                    self.session, exc.timeout, "replacing it" if exc.restarted else "interrupted")
             if exc.restarted:
                 self._discard = "its cell timed out and ignored the interrupt"
@@ -133,7 +135,6 @@ class Lease:
             if first is not None:
                 self._pool._first_cell_ended(first)
         self._inflight = None
-        self._slot.executions += 1
         return result
 
     async def interrupt(self) -> None:
@@ -153,7 +154,7 @@ class Lease:
 
     def __repr__(self) -> str:
         state = "returned" if self._returned else "busy" if self._inflight is not None else "idle"
-        return f"<Lease session={self.session!r} kernel={self.kernel_id[:8]!r} {state}>"
+        return f"<Lease session={self.session!r} kernel={self.kernel_id!r} {state}>"
 
 
 class _Checkout:
@@ -577,7 +578,7 @@ class AsyncKernelPool(PoolSettings):
             await worker.start(self.startup_timeout)
         except Exception as exc:
             error = exc if isinstance(exc, PoolError) else PoolError(str(exc))
-            self.log.warning("kernel %s failed to start: %s", slot.kernel_id[:8], error)
+            self.log.warning("kernel %s failed to start: %s", slot.kernel_id, error)
             self._apply(self._books.start_failed(slot, error))
             if self._books.prewarm_suspended:
                 self._fail_ready(error)
@@ -594,7 +595,7 @@ class AsyncKernelPool(PoolSettings):
     def _on_exit(self, slot: Slot) -> None:
         if slot.state in (KernelState.IDLE, KernelState.BUSY):
             reason = slot.handle.exited.result()
-            self.log.warning("kernel %s (session %s) %s", slot.kernel_id[:8], slot.session, reason)
+            self.log.warning("kernel %s (session %s) %s", slot.kernel_id, slot.session, reason)
             self._apply(self._books.died(slot))
             self._spawn(slot, self._stop(slot, now=True))
 
@@ -615,7 +616,7 @@ class AsyncKernelPool(PoolSettings):
             except Exception as exc:
                 discard = f"its recovery failed ({type(exc).__name__}: {exc})"
             if discard is not None:
-                self.log.warning("discarding kernel %s (session %s): %s", slot.kernel_id[:8], slot.session, discard)
+                self.log.warning("discarding kernel %s (session %s): %s", slot.kernel_id, slot.session, discard)
             self._checkin(slot, discard)
 
         self._spawn(slot, recover())

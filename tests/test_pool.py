@@ -120,6 +120,17 @@ async def test_timeout_interrupts_and_the_session_keeps_its_state(make_pool):
     assert (await pool.execute("x", session="a")).result == "'kept'"
 
 
+async def test_a_timed_out_cell_counts_as_a_run(make_pool):
+    """Issue 19, item 9: four cells ran (one timed out), so the kernel's runs say four, not three."""
+    pool = await make_pool(max_kernels=1)
+    for _ in range(3):
+        await pool.execute("pass", session="a")
+    with pytest.raises(ExecutionTimeout):
+        await pool.execute("import time; time.sleep(30)", session="a", timeout=0.5)
+    [kernel] = pool.stats().kernels
+    assert kernel.executions == 4
+
+
 async def test_timeout_past_an_ignored_interrupt_replaces_the_kernel(make_pool):
     pool = await make_pool(max_kernels=1, interrupt_timeout=0.5)
     await pool.execute("x = 1", session="a")
