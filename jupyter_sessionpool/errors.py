@@ -99,7 +99,7 @@ class ExecutionError(PoolError):
         self.evalue: str = err.get("evalue", "")
         self.traceback: list[str] = list(err.get("traceback", []))
         where = f" in session {result.session!r}" if result.session else ""
-        super().__init__(f"{self.ename}: {self.evalue} (raised on kernel {result.kernel_id[:8]}{where})")
+        super().__init__(f"{self.ename}: {self.evalue} (raised on kernel {result.kernel_id}{where})")
 
     def _render_traceback_(self) -> list[str]:
         return self.traceback or [str(self)]
@@ -130,7 +130,7 @@ class KernelDied(PoolError):
             if session
             else "The next call gets a fresh kernel."
         )
-        super().__init__(f"kernel {kernel_id[:8]}{where} {when}. {after}")
+        super().__init__(f"kernel {kernel_id}{where} {when}. {after}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.kernel_id, self.session, self.result))

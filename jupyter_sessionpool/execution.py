@@ -103,7 +103,7 @@ class Execution:
                 idle = self.outputs.handle(msg)
             except Exception as exc:  # a message of the right type with the wrong content
                 raise ProtocolError(
-                    f"kernel {self.worker.kernel_id[:8]} sent a malformed {msg.get('msg_type')!r} "
+                    f"kernel {self.worker.kernel_id} sent a malformed {msg.get('msg_type')!r} "
                     f"message ({type(exc).__name__}: {exc}); it was discarded"
                 ) from exc
             self.idle = self.idle or idle

@@ -67,11 +67,11 @@ class PoolStats:
             f"{self.count('idle')} idle, {self.count('starting')} starting, {len(self.waiting)} waiting"
             + (" (closed)" if self.closed else "")
         )
-        rows = [f"  {'kernel':<10}{'pid':>8}  {'state':<9}{'session':<16}{'runs':>5}  busy for"]
+        rows = [f"  {'kernel':<20}{'pid':>8}  {'state':<9}{'session':<16}{'runs':>5}  busy for"]
         for k in self.kernels:
             busy = f"{now - k.busy_since:.1f} s" if k.busy_since else ""
             rows.append(
-                f"  {k.kernel_id[:8]:<10}{k.pid or '':>8}  {k.state:<9}{(k.session or '-')[:15]:<16}{k.executions:>5}  {busy}"
+                f"  {k.kernel_id:<20}{k.pid or '':>8}  {k.state:<9}{(k.session or '-')[:15]:<16}{k.executions:>5}  {busy}"
             )
         counters = ", ".join(f"{k} {v}" for k, v in self.counters.items())
         return "\n".join([head, *rows, f"  counters: {counters}"])

@@ -158,7 +158,7 @@ def test_reprs_are_one_line():
     pool = KernelPool(max_kernels=1)
     try:
         with pool.checkout("a") as lease:
-            assert repr(lease) == f"<SyncLease session='a' kernel={lease.kernel_id[:8]!r} idle>"
+            assert repr(lease) == f"<SyncLease session='a' kernel={lease.kernel_id!r} idle>"
             worker = pool._async._books.bound["a"].handle
             assert repr(worker).startswith("<LocalWorker kernel=") and "\n" not in repr(worker)
         assert repr(pool._async).startswith("<AsyncKernelPool kernel='python3' kernels=1 busy=0 max=1 running>")

@@ -489,7 +489,7 @@ class GatewayWorker(KernelWorker):
         try:
             channel, msg = decode_v1(frame) if self._v1 and isinstance(frame, bytes) else decode_json(frame)
         except (ValueError, KeyError, TypeError, struct.error) as exc:
-            self.router.fail(None, ProtocolError(f"the gateway sent an invalid frame for kernel {self.kernel_id[:8]}: {exc}"))
+            self.router.fail(None, ProtocolError(f"the gateway sent an invalid frame for kernel {self.kernel_id}: {exc}"))
             return
         parent = msg["parent_header"].get("msg_id")
         if channel == "shell" and parent:
@@ -553,7 +553,7 @@ class GatewayWorker(KernelWorker):
                 self.router.fail(
                     msg_id,
                     ProtocolError(
-                        f"the connection to kernel {self.kernel_id[:8]} on {self.location} dropped while a request "
+                        f"the connection to kernel {self.kernel_id} on {self.location} dropped while a request "
                         "ran and its reply was lost; the kernel is replaced, as its state is unknown"
                     ),
                 )

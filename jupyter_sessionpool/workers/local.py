@@ -206,7 +206,7 @@ class LocalWorker(KernelWorker):
 
     def __repr__(self) -> str:
         state = "exited" if self.exited.done() else self.router.execution_state or "starting"
-        return f"<LocalWorker kernel={self.kernel_id[:8]!r} pid={self._pid} {state}>"
+        return f"<LocalWorker kernel={self.kernel_id!r} pid={self._pid} {state}>"
 
     # ---- start --------------------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ class LocalWorker(KernelWorker):
             await self.stop(0, now=True)
             raise KernelStartError(self.kernel_name, reason, stderr) from exc
         self._started_at = time.monotonic()
-        log.info("kernel %s started (pid %s) in %.2f s", self.kernel_id[:8], self._pid, self._started_at - t0)
+        log.info("kernel %s started (pid %s) in %.2f s", self.kernel_id, self._pid, self._started_at - t0)
 
     async def _launch(self) -> None:
         km = _PooledKernelManager(
@@ -311,7 +311,7 @@ class LocalWorker(KernelWorker):
         self._session.send(shell, msg)
         if shell.get(zmq.EVENTS) & zmq.POLLIN:  # a send can consume the descriptor's edge: look again
             self._wake_reader(0)
-        log.debug("kernel %s: sent %s %s", self.kernel_id[:8], msg_type, request.msg_id)
+        log.debug("kernel %s: sent %s %s", self.kernel_id, msg_type, request.msg_id)
         return request
 
     def _readable(self, index: int) -> None:
@@ -362,18 +362,18 @@ class LocalWorker(KernelWorker):
         except Exception as exc:
             parent = _parent_msg_id(session, frames)
             log.warning("kernel %s sent an invalid %s message (%s); failing request %s",
-                        self.kernel_id[:8], channel, exc, parent or "<all open>")
+                        self.kernel_id, channel, exc, parent or "<all open>")
             self.router.fail(parent, ProtocolError(
-                f"kernel {self.kernel_id[:8]} sent an invalid {channel} message ({exc}); it was discarded"))
+                f"kernel {self.kernel_id} sent an invalid {channel} message ({exc}); it was discarded"))
             return
         if channel == "iopub":
             self._iopub_seen = True
         try:
             self.router.deliver(channel, msg)
         except Exception as exc:  # a header of the wrong shape: the reader itself must go on
-            log.warning("kernel %s sent a malformed %s message: %r", self.kernel_id[:8], channel, exc)
+            log.warning("kernel %s sent a malformed %s message: %r", self.kernel_id, channel, exc)
             self.router.fail(None, ProtocolError(
-                f"kernel {self.kernel_id[:8]} sent a malformed {channel} message ({exc!r}); it was discarded"))
+                f"kernel {self.kernel_id} sent a malformed {channel} message ({exc!r}); it was discarded"))
 
     # ---- liveness -----------------------------------------------------------------------------
 
@@ -385,7 +385,7 @@ class LocalWorker(KernelWorker):
                 self._mark_exited()
                 return
             except OSError as exc:  # ENOSYS/EPERM (gVisor, older seccomp profiles): poll instead
-                log.warning("pidfd_open refused (%s); polling kernel %s for its exit", exc, self.kernel_id[:8])
+                log.warning("pidfd_open refused (%s); polling kernel %s for its exit", exc, self.kernel_id)
             else:
                 self._loop.add_reader(self._pidfd, self._on_pidfd)
                 return
@@ -466,7 +466,7 @@ class LocalWorker(KernelWorker):
                 self._log.close()
             self._log_path.unlink(missing_ok=True)
             if self._started_at is not None:
-                log.info("kernel %s stopped after %.1f s", self.kernel_id[:8], time.monotonic() - self._started_at)
+                log.info("kernel %s stopped after %.1f s", self.kernel_id, time.monotonic() - self._started_at)
 
 
 class _AnnouncingSession(Session):
