@@ -30,8 +30,21 @@ def check_session(session: Any) -> str | None:
         return None
     if not isinstance(session, str):
         raise TypeError(f"session must be a str or None, not {type(session).__name__} ({reprlib.repr(session)})")
-    if not session or not session.strip():
+    if not session.strip():
         raise ValueError("session name must not be empty; pass session=None for an anonymous kernel")
+    return check_session_name(session)
+
+
+def check_session_name(session: Any) -> str:
+    """Return ``session`` if it is a usable session name, else raise TypeError or ValueError.
+
+    For faces where a session is always named (the magics, the comm): their messages must
+    not offer the Python API's ``session=None``.
+    """
+    if not isinstance(session, str):
+        raise TypeError(f"session must be a str, not {type(session).__name__} ({reprlib.repr(session)})")
+    if not session.strip():
+        raise ValueError("session name must not be empty")
     if len(session) > _MAX_SESSION_LEN:
         raise ValueError(f"session name is {len(session)} characters long; the limit is {_MAX_SESSION_LEN}")
     if not session.isprintable():

@@ -108,6 +108,19 @@ def test_bad_line_args_are_usage_errors(line, message):
         parse_line_args(line)
 
 
+@pytest.mark.parametrize("parse, line", [(parse_cell_args, "session="), (parse_cell_args, "session=' '"),
+                                         (parse_line_args, "release ''"), (parse_line_args, "push '' x")])
+def test_an_empty_session_name_gets_a_message_that_fits_the_magic(parse, line):
+    """Issue 19, item 9: the Python API's hint ("pass session=None for an anonymous kernel")
+    would, typed into the magic, make a session literally named None. The magic names its session."""
+    with pytest.raises(UsageError) as info:
+        parse(line)
+    message = str(info.value)
+    assert "must not be empty" in message and "None" not in message and "anonymous" not in message
+    if parse is parse_cell_args:
+        assert "e.g. session=a" in message
+
+
 def test_bad_arguments_touch_nothing(ip):
     for cell in ["%%pool\n1", "%%pool session=a timeout=abc\n1", "%%pool session=a --nope\n1", "%pool release"]:
         result, captured = run(ip, cell)

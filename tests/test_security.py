@@ -182,7 +182,7 @@ BAD_COMM_MESSAGES = [
     ("no-session", without("session"), "session is missing"),
     ("action-as-number", act(action=42), "unknown action 42"),
     ("action-as-list", act(action=["release"]), "unknown action ['release']"),
-    ("session-as-number", act(session=7), "session must be a str or None, not int (7)"),
+    ("session-as-number", act(session=7), "session must be a str, not int (7)"),
     ("execute", act(action="execute", code="open('PWNED', 'w')"), "unknown key(s): code"),
     ("eval-action", act(action="__import__('os').system('touch PWNED')"), "unknown action"),
     ("code-as-session", act(action="interrupt", session="__import__('os').system('touch PWNED')"), "holds no kernel"),

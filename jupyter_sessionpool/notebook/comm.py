@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..config import check_session
+from ..config import check_session_name
 from ..stats import PoolStats, rss_bytes
 from ..sync import KernelPool
 
@@ -101,7 +101,7 @@ def parse_request(data: Any) -> tuple[str, str]:
     if session is None:
         raise ProtocolViolation("session is missing; actions name the session they act on")
     try:
-        return action, check_session(session)
+        return action, check_session_name(session)
     except (TypeError, ValueError) as exc:
         raise ProtocolViolation(str(exc)) from None
 

@@ -26,7 +26,7 @@ from IPython.display import display
 from traitlets import Int
 
 from .routing import BackgroundCell, HoldingErrors, Notice, cell_number, current_parent, in_kernel, route_to_current_cell
-from ..config import check_session, check_timeout
+from ..config import check_session_name, check_timeout
 from ..errors import ExecutionError, PoolError
 from ..results import ExecutionResult
 from ..stats import PoolStats
@@ -184,9 +184,10 @@ def _split(line: str, usage: str) -> list[str]:
 
 def _session(name: str, usage: str) -> str:
     try:
-        check_session(name)
-    except ValueError as exc:
-        raise UsageError(f"{exc}; {usage}") from None
+        check_session_name(name)
+    except ValueError as exc:  # the magic always names its session: no session=None hint here
+        example = ", e.g. session=a" if usage == CELL_USAGE and not name.strip() else ""
+        raise UsageError(f"{exc}{example}; {usage}") from None
     return name
 
 
