@@ -2,7 +2,7 @@
 
 Nothing here does I/O or awaits. Each transition is a method named for the event
 (``checkout``, ``started``, ``start_failed``, ``checkin``, ``died``, ``removed``,
-``release``, ``expire``, ``close``) that changes the books and returns :class:`Effects`:
+``release``, ``expire``, ``set_min_idle``, ``close``) that changes the books and returns :class:`Effects`:
 the kernels to start or stop and the waiters to wake. The pool applies those effects
 outside, so no decision ever waits on a kernel.
 
@@ -17,6 +17,7 @@ States of a kernel slot::
     STARTING --start_failed--> (removed)
     IDLE/BUSY --died--> DEAD --removed--> (gone)
     IDLE/BUSY --release/expire/evict/discard/close--> STOPPING --removed--> (gone)
+    STARTING/IDLE, never lent --set_min_idle (lower)/close--> STOPPING, killed at once
 
 Session rules: a named session is bound to one kernel from its first checkout until it is
 released, expires or loses its kernel; a kernel that served a named session is never
@@ -63,6 +64,11 @@ class Slot:
     last_used: float | None = None
     handle: Any = None
     attempt: int = 1  # which attempt of its start chain this slot's start is
+
+    @property
+    def lent(self) -> bool:
+        """True once the kernel was lent to anyone: only then can it hold someone's state."""
+        return self.session is not None or self.anonymous
 
 
 @dataclass(eq=False)
@@ -254,9 +260,22 @@ class Books:
             return self.settle()
         return self.release(session, reason="idle timeout")[1]
 
+    def set_min_idle(self, min_idle: int) -> Effects:
+        """``min_idle`` changed. A lower one stops the fresh kernels (starting or idle) that
+        neither it nor a waiting caller needs any more, at once: they hold no state."""
+        lowered, self.min_idle = min_idle < self.min_idle, min_idle
+        fx = Effects()
+        if lowered and not self.closed:
+            fresh = [s for s in self.slots.values() if s.state is KernelState.IDLE and not s.lent]
+            starting = [s for s in self.slots.values() if s.state is KernelState.STARTING]
+            excess = len(fresh) + len(starting) - len(self._demand(self.waiters)) - min_idle
+            for slot in (starting[::-1] + fresh)[:max(0, excess)]:  # the least advanced starts first
+                self._stop(slot, now=True, fx=fx)
+        return self.settle(fx)
+
     def close(self) -> Effects:
-        """Shut everything: fail all waiters with PoolClosed and stop every kernel (kill busy
-        and starting ones: neither has state worth a graceful exit)."""
+        """Shut everything: fail all waiters with PoolClosed and stop every kernel (kill busy,
+        starting and never used ones: none has state worth a graceful exit)."""
         fx = Effects()
         self.closed = True
         self._retries.clear()
@@ -266,7 +285,7 @@ class Books:
             if slot.state in (KernelState.IDLE, KernelState.BUSY, KernelState.STARTING):
                 if slot.session is not None:
                     self.bound.pop(slot.session, None)
-                # only an idle kernel is asked to exit; a busy or half-started one is killed
+                # only an idle kernel that served someone is asked to exit; the rest are killed
                 self._stop(slot, now=slot.state is not KernelState.IDLE, fx=fx)
         return fx
 
@@ -437,6 +456,9 @@ class Books:
                 del self.lost[next(iter(self.lost))]  # forget the oldest loss: bounded memory
 
     def _stop(self, slot: Slot, now: bool, fx: Effects) -> None:
+        """Stop ``slot``'s kernel: asked to exit, or killed ``now``. A kernel never lent holds
+        no state, so it is always killed: waiting for a graceful exit only delays whoever waits
+        for the stop (a shutdown waited ``shutdown_timeout`` for a prewarmed kernel)."""
         slot.state = KernelState.STOPPING
         slot.busy_since = None
-        fx.stop.append((slot, now))
+        fx.stop.append((slot, now or not slot.lent))

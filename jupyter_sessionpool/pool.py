@@ -431,10 +431,14 @@ class AsyncKernelPool(PoolSettings):
     def _settings_changed(self, change: dict[str, Any]) -> None:
         if "_books" not in self.__dict__:
             return  # still in __init__: the books are built from the final values
-        name = "evict_idle" if change["name"] == "evict_idle_sessions" else change["name"]
-        setattr(self._books, name, change["new"])
+        if change["name"] == "min_idle":
+            fx = self._books.set_min_idle(change["new"])  # a lower one stops the fresh kernels it no longer needs
+        else:
+            name = "evict_idle" if change["name"] == "evict_idle_sessions" else change["name"]
+            setattr(self._books, name, change["new"])
+            fx = self._books.settle()
         if self._loop is not None and not self._books.closed:
-            self._apply(self._books.settle())
+            self._apply(fx)
 
     # ---- applying effects (sync: never awaits) ----------------------------------------
 

@@ -374,6 +374,39 @@ async def test_shutdown_kills_a_kernel_that_ignores_the_request(make_pool):
         await task
 
 
+# A kernel that never answers a shutdown request: only a kill ends it (within shutdown_timeout).
+DEAF = {"kernel_name": "scripted", "env": {"JSP_SCRIPTED_IGNORE_SHUTDOWN": "1"}, "shutdown_timeout": 30}
+
+
+async def test_shutdown_kills_a_kernel_nobody_used_at_once(make_pool, kernel_dir):
+    """Issue 19, item 6: a prewarmed kernel holds no state, so shutdown does not wait
+    ``shutdown_timeout`` for it to answer a shutdown request (it never does, here)."""
+    pool = await make_pool(max_kernels=2, min_idle=2, **DEAF)
+    await pool.wait_ready(timeout=60)
+    pids = [k.pid for k in pool.stats().kernels]
+    t0 = time.monotonic()
+    await pool.shutdown()
+    assert time.monotonic() - t0 < 10  # 30 s (shutdown_timeout) before
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+async def test_lowering_min_idle_kills_the_fresh_kernels_it_no_longer_needs(make_pool, kernel_dir):
+    """Issue 19, item 6: fresh kernels above a lowered min_idle are stopped at once (killed), and a
+    kernel a session used is left alone."""
+    pool = await make_pool(max_kernels=3, min_idle=2, **{**DEAF, "shutdown_timeout": 0.5})
+    await pool.execute("used", session="a")
+    await pool.wait_ready(timeout=60)
+    fresh = [k for k in pool.stats().kernels if k.session is None]
+    assert len(fresh) == 2
+    t0 = time.monotonic()
+    pool.min_idle = 1
+    await asyncio.wait_for(until(pool, lambda s: len(s.kernels) == 2), 10)
+    pool.min_idle = 0
+    stats = await asyncio.wait_for(until(pool, lambda s: len(s.kernels) == 1), 10)
+    assert time.monotonic() - t0 < 10 and [k.session for k in stats.kernels] == ["a"]
+    assert not any(Path(f"/proc/{k.pid}").exists() for k in fresh)
+
+
 # ---- observation --------------------------------------------------------------------------------
 
 

@@ -305,6 +305,30 @@ def test_close_fails_waiters_and_stops_everything(clock):
         b.checkout("a")
 
 
+def test_close_kills_kernels_nobody_used_and_asks_used_ones_to_exit(clock):
+    b = books(clock, max_kernels=3)
+    (a,) = start_all(b, b.checkout("a")[1])
+    b.checkin(a)
+    fresh, starting = b.set_min_idle(2).start
+    b.started(fresh)
+    assert (a.state, fresh.state, starting.state) == (KernelState.IDLE, KernelState.IDLE, KernelState.STARTING)
+    stops = dict(b.close().stop)
+    assert stops == {a: False, fresh: True, starting: True}
+
+
+def test_lowering_min_idle_stops_only_the_fresh_kernels_nobody_needs(clock):
+    b = books(clock, max_kernels=4, min_idle=3)
+    assert len(start_all(b, b.settle())) == 3
+    _, fx = b.checkout("a")
+    [(_, a)], [refill] = fx.granted, fx.start
+    b.checkin(a)
+    fx = b.set_min_idle(1)  # two fresh idle and one starting for one place: two go, the least advanced first
+    stopped = [slot for slot, now in fx.stop if now]
+    assert len(fx.stop) == len(stopped) == 2 and stopped[0] is refill and a not in stopped
+    assert all(slot.state is KernelState.STOPPING for slot in stopped) and fx.start == []
+    assert b.set_min_idle(3).stop == [] and b.set_min_idle(2).stop == []
+
+
 def test_every_state_is_reachable_and_named():
     assert [s.value for s in KernelState] == ["starting", "idle", "busy", "dead", "stopping"]
 

@@ -12,6 +12,9 @@ names the script:
 - ``hang``: busy, a ``started`` line, then nothing more until an ``interrupt_request`` on control, after
   which it ends the cell normally (interrupt_mode "message");
 - anything else: busy, execute_input, a stream with the code as its text, reply, idle.
+
+With ``JSP_SCRIPTED_IGNORE_SHUTDOWN=1`` in its environment it ignores ``shutdown_request``
+(a kernel that never answers one: only a kill ends it).
 """
 
 import itertools
@@ -44,6 +47,7 @@ hb = bind(zmq.REP, "hb_port")
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts come as messages (kernelspec says so)
 counter = itertools.count(1)
 hanging: tuple[list, dict] | None = None
+IGNORE_SHUTDOWN = os.environ.get("JSP_SCRIPTED_IGNORE_SHUTDOWN") == "1"
 
 
 def status(state: str, parent: dict) -> None:
@@ -102,7 +106,7 @@ def answer(sock: zmq.Socket, idents: list, msg: dict) -> None:
         if hanging is not None:
             (h_idents, h_msg), hanging = hanging, None
             finish(h_idents, h_msg, 0)
-    elif kind == "shutdown_request":
+    elif kind == "shutdown_request" and not IGNORE_SHUTDOWN:
         session.send(sock, "shutdown_reply", {"status": "ok", "restart": False}, parent=msg, ident=idents)
         os._exit(0)
 
