@@ -347,16 +347,16 @@ class AsyncKernelPool(PoolSettings):
         """Output ``session``'s kernel produced while none of its cells ran, as nbformat outputs.
 
         A background thread printing after its cell ended answers no request: the reader keeps
-        the last few hundred such messages per kernel (never a backlog), and this hands them
-        over, oldest first, and forgets them. Empty for a session that holds no kernel.
+        the last 200 such messages and 1,000,000 characters of them per kernel (never a
+        backlog), and this hands them over, oldest first, and forgets them; if older ones were
+        dropped, a stderr note first says how many. Empty for a session that holds no kernel.
         """
         slot = self._books.bound.get(check_session(session))
         if slot is None or slot.handle is None:
             return []
-        orphans = slot.handle.router.orphans
         outputs = _Outputs(None)
-        while orphans:
-            outputs.handle(orphans.popleft())
+        for msg in slot.handle.router.orphans.take():
+            outputs.handle(msg)
         return outputs.outputs
 
     async def release(self, session: str) -> bool:

@@ -207,7 +207,7 @@ class _Outputs:
             if self.truncated:
                 return
             room = self.max_bytes - self._size
-            size = _size_of(out)
+            size = output_size(out)
             if size > room:
                 self.truncated = True
                 if out["output_type"] == "stream" and room > 0:
@@ -246,7 +246,8 @@ class _Outputs:
 _CAPTURED = frozenset({"stream", "display_data", "execute_result", "error", "clear_output"})
 
 
-def _size_of(out: dict[str, Any]) -> int:
+def output_size(out: dict[str, Any]) -> int:
+    """Characters an output holds (an nbformat output, or an output message's content)."""
     if "text" in out:
         return len(out["text"])
     if "data" in out:

@@ -322,11 +322,38 @@ async def test_output_printed_while_idle_is_bounded_and_the_next_cell_starts_at_
     assert r.result == "'next'"
     assert growth < 8 << 20, growth
     assert first < 1.0, first  # 0.2 s on a quiet machine; loose for a loaded one
-    stray = pool.stray_output("a")  # the ring's last messages, as nbformat outputs, then forgotten
-    assert stray and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in stray)
-    assert 0 < len(stray[0]["text"]) <= 200 * 1001 and set(stray[0]["text"]) == {"x", "\n"}
+    stray = pool.stray_output("a")  # a note of what was dropped, then the ring's last messages, then forgotten
+    note, kept = stray
+    assert note["name"] == "stderr" and "made while no cell ran were dropped" in note["text"]
+    assert kept["name"] == "stdout" and 0 < len(kept["text"]) <= 200 * 1001 and set(kept["text"]) == {"x", "\n"}
     assert len(pool.stray_output("a")) <= 1  # only what came since
     assert pool.stray_output("nobody") == []
+
+
+async def test_output_displayed_while_idle_is_bounded_in_characters_and_the_drop_is_said(make_pool):
+    """Issue 19, item 8: a thread displaying 1 MB of text 260 times after its cell ended grew the pool
+    by 195 MiB: the ring was bounded in messages (200), not in size. Every output type counts."""
+    pool = await make_pool(max_kernels=1)
+    await pool.execute(
+        "import threading\nfrom IPython.display import display\n"
+        "go, done, parent = threading.Event(), threading.Event(), get_ipython().kernel.get_parent()\n"
+        "def show():\n"
+        "    go.wait()\n"
+        "    get_ipython().display_pub.set_parent(parent)\n"  # output of the ended cell: no request takes it
+        "    for i in range(100):\n"
+        "        display({'text/plain': f'{i:03} ' + 'x' * 200_000}, raw=True)\n"
+        "    done.set()\n"
+        "threading.Thread(target=show, daemon=True).start()",
+        session="a",
+    )
+    await pool.execute("go.set(); done.wait(60)", session="a")  # the displays arrive before this cell's idle
+    held = pool.stray_output("a")
+    assert sum(len(o.get("text", "")) + len(o.get("data", {}).get("text/plain", "")) for o in held) < 1_100_000
+    note, *kept = held  # 20 MB held before, and no word of anything dropped
+    assert note["output_type"] == "stream" and note["name"] == "stderr"
+    assert f"{100 - len(kept)} earlier output(s)" in note["text"] and "dropped" in note["text"]
+    assert kept and kept[-1]["data"]["text/plain"].startswith("099 ")  # the newest are the ones kept
+    assert pool.stray_output("a") == []
 
 
 # ---- the pool's own process killed ------------------------------------------------------------------

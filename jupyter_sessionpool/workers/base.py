@@ -11,7 +11,8 @@ each message to a :class:`Router`, which routes it by its parent ``msg_id`` to t
 :class:`Request` it answers. A request keeps its messages until they are read, whether or
 not anyone is reading right now (a cancelled caller, a recovery task that takes over), so
 no reply is lost to a cancellation. Output that answers no open request (a thread that
-prints after its cell ended) goes to a small bounded ring, never an unbounded backlog.
+prints after its cell ended) goes to a small ring bounded in messages and characters, never
+an unbounded backlog; what it drops is counted and said.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ import time
 from collections import deque
 from typing import Any
 
+from ..results import output_size
+
 Message = dict[str, Any]
 """A deserialized Jupyter message: ``header``, ``parent_header``, ``metadata``, ``content``,
 ``msg_id``, ``msg_type`` (as jupyter_client's ``Session.deserialize`` returns it)."""
 
 ORPHAN_MESSAGES = 200
 """Most output messages kept per kernel that answer no open request (oldest dropped first)."""
+ORPHAN_CHARS = 1_000_000
+"""Most characters of such output kept per kernel, every output type counted (oldest dropped first)."""
 ORPHAN_TEXT = 10_000
 """Characters kept of each such stream message (its end)."""
 
@@ -168,9 +173,9 @@ class Router:
     follows requests sent around the pool (``Lease.client``) to their ``idle``.
     """
 
-    def __init__(self, orphan_limit: int = ORPHAN_MESSAGES) -> None:
+    def __init__(self) -> None:
         self._open: dict[str, Request] = {}
-        self.orphans: deque[Message] = deque(maxlen=orphan_limit)
+        self.orphans = OrphanRing()
         self.execution_state: str | None = None
         self.exit_reason: str | None = None
         self._outside: set[str] = set()  # requests sent around the pool, not yet ended (idle)
@@ -245,6 +250,47 @@ class Router:
 
 
 _ENDED_KEPT = 256
+
+
+class OrphanRing:
+    """A kernel's output that answers no open request: the newest ``ORPHAN_MESSAGES`` messages
+    and ``ORPHAN_CHARS`` characters of them, whatever their type (a stream message keeps its
+    last ``ORPHAN_TEXT`` characters). What is dropped to stay in bounds is counted, and
+    :meth:`take` says so first, so nothing is lost without a word."""
+
+    def __init__(self, messages: int = ORPHAN_MESSAGES, chars: int = ORPHAN_CHARS) -> None:
+        self.messages = messages
+        self.chars = chars
+        self.size = 0  # characters held now
+        self._items: deque[tuple[int, Message]] = deque()
+        self._dropped = self._dropped_chars = 0
+
+    def append(self, msg: Message) -> None:
+        msg = _trimmed(msg)
+        size = output_size(msg.get("content", {}))
+        self._items.append((size, msg))
+        self.size += size
+        while self._items and (len(self._items) > self.messages or self.size > self.chars):
+            gone, _ = self._items.popleft()
+            self.size -= gone
+            self._dropped += 1
+            self._dropped_chars += gone
+
+    def take(self) -> list[Message]:
+        """Hand over what is held, oldest first (after a note of what was dropped), and forget it."""
+        taken = [msg for _, msg in self._items]
+        if self._dropped:
+            note = (f"[jupyter_sessionpool: {self._dropped} earlier output(s), {self._dropped_chars:,} characters, "
+                    f"made while no cell ran were dropped; the pool keeps the last {self.chars:,} characters]\n")
+            taken.insert(0, {"msg_type": "stream", "parent_header": {}, "content": {"name": "stderr", "text": note}})
+        self._items.clear()
+        self.size = self._dropped = self._dropped_chars = 0
+        return taken
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def _trimmed(msg: Message) -> Message:
     """An orphan stream message cut to ``ORPHAN_TEXT`` characters, so the ring's memory stays small."""
     content = msg.get("content", {})
