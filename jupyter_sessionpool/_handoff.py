@@ -1,6 +1,7 @@
 """Handing user callbacks off the pool's event loop, in order, one queue per consumer.
 
-``on_output`` callbacks and ``subscribe()`` listeners are user code: a slow one (a widget
+``on_output`` callbacks, ``subscribe()`` listeners and the done-callbacks of
+``KernelPool.submit()`` futures are user code: a slow one (a widget
 waiting on its render lock, a callback writing to a slow terminal) must never stall the
 loop that reads every kernel. Each consumer gets a :class:`Handoff`: an ordered queue the
 loop appends to without waiting, drained by one thread at a time from a shared pool of
@@ -102,6 +103,11 @@ class Handoff:
                 loop.call_soon_threadsafe(_resolve, fut)
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
+
+
+def call_soon(fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` on a callback thread (never waits; call from anywhere)."""
+    _threads().submit(fn, *args)
 
 
 def on_callback_thread() -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 from traitlets import observe
 
 from .config import PoolSettings, check_session, check_timeout
-from ._handoff import on_callback_thread
+from ._handoff import call_soon, on_callback_thread
 from .errors import PoolClosed
 from .results import ExecutionResult, OutputCallback
 from .pool import _UNSET, AsyncKernelPool, Lease
@@ -142,6 +142,38 @@ async def _close(pool: AsyncKernelPool) -> None:
             await asyncio.wait(late, timeout=pool.shutdown_timeout)
 
 
+class CallFuture(concurrent.futures.Future[T]):
+    """The Future of a call handed to the pool's loop, whose done-callbacks never run on that loop.
+
+    A plain ``run_coroutine_threadsafe`` Future runs its callbacks on the thread that
+    completes it, the pool's loop: a slow callback there (a 2 s one) stalled every session's
+    round trips for that long. This one completes on a callback thread (see :mod:`._handoff`),
+    so its callbacks run there; one added after it completed runs at once in the thread that
+    adds it. :meth:`cancel` cancels the call itself (a running cell is interrupted).
+    """
+
+    def __init__(self, call: concurrent.futures.Future[T]) -> None:
+        super().__init__()
+        self._call = call
+        call.add_done_callback(lambda done: call_soon(self._settle, done))
+
+    def cancel(self) -> bool:
+        """Cancel the call; False if it has already completed."""
+        return self._call.cancel() and super().cancel()
+
+    def _settle(self, call: concurrent.futures.Future[T]) -> None:
+        """On a callback thread: take over the call's outcome, which runs this Future's callbacks here."""
+        try:
+            if call.cancelled():
+                super().cancel()
+            elif call.exception() is not None:
+                self.set_exception(call.exception())
+            else:
+                self.set_result(call.result())
+        except concurrent.futures.InvalidStateError:  # cancelled by its holder meanwhile
+            pass
+
+
 class SyncLease:
     """A kernel held by a blocking caller for the ``with`` block; see :class:`Lease`."""
 
@@ -251,9 +283,9 @@ class KernelPool(PoolSettings):
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if on_callback_thread():
             coro.close()
-            raise RuntimeError("a blocking KernelPool call was made from inside on_output or a subscriber, "
-                               "which can wait on the very call that runs the callback; hand the work to "
-                               "another thread, or use the AsyncKernelPool")
+            raise RuntimeError("a blocking KernelPool call was made from inside on_output, a subscriber or a "
+                               "submit() Future's done-callback, which can wait on the very call that runs the "
+                               "callback; use submit(), hand the work to another thread, or use the AsyncKernelPool")
         fut = self._loop_thread.submit(coro)
         try:
             result = fut.result()
@@ -331,13 +363,16 @@ class KernelPool(PoolSettings):
         """Start ``code`` on ``session``'s kernel and return at once with a Future of the result.
 
         Submissions reach the pool in the order made, so cells submitted to one session run
-        in that order. Cancelling the Future interrupts the cell like a cancelled caller.
+        in that order. Cancelling the Future interrupts the cell like a cancelled caller. Its
+        done-callbacks run on a callback thread, never the pool's own (a slow one delays no
+        session); like ``on_output``, they may not make blocking calls on this pool (use
+        ``submit`` there).
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         check_session(session)
         check_timeout(timeout)
-        return self._loop_thread.submit(self._async.execute(code, session, timeout, on_output, store_history))
+        return CallFuture(self._loop_thread.submit(self._async.execute(code, session, timeout, on_output, store_history)))
 
     def checkout(self, session: str | None = None, timeout: float | None = _UNSET) -> SyncLease:
         """``with pool.checkout("b") as lease``: hold session b's kernel for the block."""

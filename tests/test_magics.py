@@ -19,7 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from jupyter_sessionpool.notebook.magics import CellArgs, RemoteCellError, TransferError, parse_cell_args, parse_line_args
+from jupyter_sessionpool.notebook.magics import CellArgs, PoolMagics, RemoteCellError, TransferError, parse_cell_args, parse_line_args
 
 
 @pytest.fixture
@@ -327,6 +327,25 @@ def test_background_cell_returns_at_once_and_wait_collects_it(ip):
         result = ip.run_cell("%pool wait")
     assert result.success
     assert captured.stdout.index("bg finished") < captured.stdout.index("1 background cell(s) finished")
+
+
+def test_a_background_cell_ends_off_the_pools_loop_thread(ip, monkeypatch):
+    """Issue 19, item 7: the --bg magic's ``_finished`` (which renders all of the cell's output
+    once more) ran on the pool's loop thread, stalling every session meanwhile."""
+    finished, threads, called = PoolMagics._finished, [], threading.Event()
+
+    def spy(self, job, parent=None):
+        threads.append(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread():
+            called.set()  # the future's done-callback, not %pool wait's own call
+        finished(self, job, parent)
+
+    monkeypatch.setattr(PoolMagics, "_finished", spy)
+    run(ip, "%%pool session=a --bg\nprint('bg')")
+    run(ip, "%pool wait")
+    assert called.wait(30)
+    assert "jupyter-sessionpool" not in threads, threads  # the loop thread's name
+    assert all(name == "MainThread" or name.startswith("jupyter-sessionpool-callback") for name in threads), threads
 
 
 def test_background_cells_on_one_session_run_in_order(ip):

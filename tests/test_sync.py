@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +171,48 @@ def test_submit_returns_at_once_and_keeps_session_order():
         assert pool.execute("order", session="a").result == "[0, 1, 2, 3, 4]"
         with pytest.raises(ValueError, match="must not be empty"):
             pool.submit("1", session="")
+
+
+def test_a_slow_done_callback_delays_no_other_session():
+    """Issue 19, item 7: a submit() Future's done-callbacks ran on the pool's loop thread, so a 2 s
+    callback stalled another session's round trip to 2,002 ms. They run on a callback thread."""
+    with KernelPool(max_kernels=2) as pool:
+        pool.execute("pass", session="b")  # b's kernel is up: its round trip is pure pool work
+        entered, leave, ran_on = threading.Event(), threading.Event(), []
+
+        def slow(_future) -> None:
+            ran_on.append(threading.current_thread().name)
+            entered.set()
+            leave.wait(10)
+
+        future = pool.submit("pass", session="a")  # a new session: it needs a kernel start first
+        future.add_done_callback(slow)
+        assert entered.wait(60)
+        try:
+            t0 = time.monotonic()
+            assert pool.execute("1 + 1", session="b").result == "2"
+            took = time.monotonic() - t0
+        finally:
+            leave.set()
+        assert took < 5, took  # 10 s before: the whole of the callback (loose: a loaded machine)
+        assert ran_on[0].startswith("jupyter-sessionpool-callback") and future.result().status == "ok"
+
+
+def test_cancelling_a_submitted_cell_interrupts_it_and_the_session_goes_on():
+    with KernelPool(max_kernels=1) as pool:
+        pool.execute("x = 'kept'", session="a")
+        started = threading.Event()
+        future = pool.submit("print('started', flush=True); import time; time.sleep(60)", session="a",
+                             on_output=lambda out: started.set())
+        assert started.wait(60)
+        t0 = time.monotonic()
+        assert future.cancel() and future.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result()
+        assert pool.execute("x", session="a").result == "'kept'"  # interrupted, not waited out
+        assert time.monotonic() - t0 < 30
+        done = pool.submit("1", session="a")
+        assert done.result(30).result == "1" and not done.cancel()  # a completed call cannot be cancelled
 
 
 def test_store_history_false_leaves_no_trace_in_the_sessions_history():
