@@ -7,6 +7,7 @@ header can be checked.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -291,6 +292,33 @@ def test_background_output_is_one_display_in_the_starting_cell(kernel, tmp_path)
     assert errors[0]["content"]["traceback"][0] == "In [2] (%%pool session=a --bg) raised:"  # naming its cell
     others = [m for m in messages if m["msg_type"] in ("stream", "display_data", "execute_result", "error")]
     assert all(m in made or m in errors for m in others if "bg-" in str(m["content"]))
+
+
+def test_a_large_background_output_is_sent_in_proportion_to_what_arrives(kernel):
+    """Issue 19, item 7: a --bg display was re-rendered whole every 0.2 s while output flowed, so its
+    updates grew with everything shown so far (a 20 MB cell: a 68 MB update per call). Live updates
+    show the newest output only; what all updates carry is bounded by a small multiple of the output
+    (the bound BackgroundCell documents), and the final one still holds every character."""
+    _, kc = kernel
+    chunk, chunks = 50_000, 80  # 4,000,000 characters, flowing for ~4 s
+    first = kc.execute(
+        f"%%pool session=a --bg\nimport time\nfor i in range({chunks}):\n"
+        f"    print(str(i % 10) * {chunk - 1}, flush=True)\n    time.sleep(0.05)"
+    )
+    second = kc.execute("%pool wait")
+    messages = collect(kc, second)
+    [made] = [m for m in messages if m["msg_type"] == "display_data" and m["parent_header"].get("msg_id") == first]
+    display_id = made["content"]["transient"]["display_id"]
+    updates = [m for m in messages
+               if m["msg_type"] == "update_display_data" and m["content"]["transient"]["display_id"] == display_id]
+    sizes = [len(json.dumps(m["content"])) for m in updates]
+    output = chunk * chunks
+    final = [m for m in updates if m["parent_header"].get("msg_id") == second][-1]  # %pool wait's
+    assert final["content"]["data"]["text/plain"].endswith("".join(str(i % 10) * (chunk - 1) + "\n" for i in range(70, 80)))
+    assert len(final["content"]["data"]["text/plain"]) > output  # every character, under its header
+    live = [size for m, size in zip(updates, sizes) if "finished in" not in m["content"]["data"]["text/plain"][:200]]
+    assert len(live) >= 3 and max(live) < 200_000, live  # each live update: the newest output only
+    assert sum(sizes) <= 8 * output + 10_000 * len(updates), (sum(sizes), len(updates))
 
 
 def test_a_full_pool_shows_who_holds_the_kernels_until_one_is_free(kernel):

@@ -32,14 +32,14 @@ import time
 import uuid
 from typing import Any, Callable
 
-from ..results import OutputCallback, _Outputs
+from ..results import OutputCallback, _Outputs, output_size
 
 BACKGROUND_MIME = "application/vnd.jupyter-sessionpool.background+json"
 """The MIME type of a background cell's display: ``{"header", "outputs"}`` (nbformat outputs),
 for a front end that renders the outputs natively; text/plain (and text/html when an output
 needs it) are the fallback every client shows."""
 
-_UPDATE_EVERY = 0.2  # seconds between two updates of a background cell's display while output flows
+_UPDATE_EVERY = 0.2  # seconds between two live updates of a background cell's display while output flows
 
 
 def in_kernel(shell: Any) -> bool:
@@ -205,11 +205,26 @@ class BackgroundCell:
     """A ``%%pool --bg`` cell's outputs, kept as one display in the cell that started it.
 
     Make it on the kernel's main thread while the starting cell runs: that shows the
-    display. It is the cell's ``on_output``; a pool callback thread calls it, and the display
-    is updated at most every 0.2 s while output flows (the last output always reaches it).
-    Updates are sent with the parent ``latest_parent()`` returns (the cell the kernel runs
-    now), so that a headless client, which listens only to that cell, applies them too.
-    ``relabel`` rewrites a remote traceback's cell numbers as each update is rendered.
+    display. It is the cell's ``on_output``; a pool callback thread calls it. Updates are sent
+    with the parent ``latest_parent()`` returns (the cell the kernel runs now), so that a
+    headless client, which listens only to that cell, applies them too. ``relabel`` rewrites
+    a remote traceback's cell numbers as each update is rendered.
+
+    An update replaces the whole display, so what an update carries is chosen to keep the
+    cost proportional to what arrived, not to everything shown so far:
+
+    * while output flows, the display is updated at most every 0.2 s, and such a *live*
+      update shows only the newest output: as many characters as arrived since the previous
+      update, at least 4,000 and at most 64,000, after a line saying that earlier output shows
+      when the cell ends. Its cost (rendering and bytes) is bounded by the window, never by
+      the size of the output so far;
+    * :meth:`update` (the cell ended, ``%pool wait``) shows every output: that render is kept
+      and reused while no output arrives, so a second final update renders nothing again.
+
+    So the updates of a cell whose output is N characters carry at most about 2 x N (live:
+    text and outputs, each at most what arrived) plus 8,000 characters per live update,
+    plus the final display (about 2 x N, or 3 x N with HTML), sent when the cell ends and
+    again by ``%pool wait``.
     """
 
     def __init__(
@@ -225,45 +240,85 @@ class BackgroundCell:
         self._display_id = uuid.uuid4().hex
         self._header = header
         self._outputs = _Outputs(None)
+        self._version = 0  # bumped by every output
+        self._arrived = 0  # characters of output since the last update
+        self._full: tuple[int, list[dict[str, Any]], str, str | None] | None = None  # the last whole render
         self._lock = threading.Lock()
         self._sent = 0.0  # monotonic time of the last update
         self._timer: threading.Timer | None = None
-        self._send("display_data", None)
+        self._send("display_data", None, render(header, []))
 
     def __call__(self, out: dict[str, Any]) -> None:
         with self._lock:
             self._outputs.apply(out)
+            self._version += 1
+            self._arrived += output_size(out)
             if self._timer is not None:
                 return  # an update is due already; it will carry this output
             delay = self._sent + _UPDATE_EVERY - time.monotonic()
             if delay <= 0:
-                self._send("update_display_data", None)
+                self._send_live()
             else:
-                self._timer = threading.Timer(delay, self.update)
+                self._timer = threading.Timer(delay, self._update_live)
                 self._timer.daemon = True
                 self._timer.start()
 
     def update(self, header: str | None = None, parent: dict[str, Any] | None = None) -> None:
-        """Send the display as it is now; ``header`` replaces the first line, ``parent`` the target cell."""
+        """Send the display with every output; ``header`` replaces the first line, ``parent`` the target cell."""
         with self._lock:
             if header is not None:
                 self._header = header
-            self._send("update_display_data", parent)
+            if self._full is None or self._full[0] != self._version:
+                outputs = self._labelled(self._outputs.outputs)
+                self._full = (self._version, outputs, *_body(outputs))
+            _, outputs, text, html_body = self._full
+            self._send("update_display_data", parent, _bundle(self._header, outputs, text, html_body))
 
-    def _send(self, kind: str, parent: dict[str, Any] | None) -> None:  # called with the lock held
+    def _update_live(self) -> None:
+        with self._lock:
+            if self._timer is threading.current_thread():
+                self._send_live()
+
+    def _send_live(self) -> None:  # called with the lock held
+        window = min(_LIVE_MAX, max(_LIVE_MIN, self._arrived))
+        self._send("update_display_data", None, render(self._header, self._labelled(_tail(self._outputs.outputs, window))))
+
+    def _labelled(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**out, "traceback": self._relabel(out["traceback"])} if out["output_type"] == "error" else out
+                for out in outputs]
+
+    def _send(self, kind: str, parent: dict[str, Any] | None, data: dict[str, Any]) -> None:  # lock held
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._sent = time.monotonic()
-        content = {
-            "data": render(self._header, [
-                {**out, "traceback": self._relabel(out["traceback"])} if out["output_type"] == "error" else out
-                for out in self._outputs.outputs
-            ]),
-            "metadata": {},
-            "transient": {"display_id": self._display_id},
-        }
+        self._arrived = 0
+        content = {"data": data, "metadata": {}, "transient": {"display_id": self._display_id}}
         self._iopub.send(kind, content, parent or (self._latest_parent() if kind != "display_data" else None))
+
+
+_LIVE_MIN, _LIVE_MAX = 4_000, 64_000  # characters a live update of a background cell shows (its newest)
+_EARLIER = "[... earlier output: all of it shows here when the cell ends]\n"
+
+
+def _tail(outputs: list[dict[str, Any]], window: int) -> list[dict[str, Any]]:
+    """The newest outputs holding at most about ``window`` characters (a stream's end may be cut),
+    after a line saying that earlier output is left out, if any is; costs O(what it returns)."""
+    kept: list[dict[str, Any]] = []
+    room = window
+    for out in reversed(outputs):
+        size = output_size(out)
+        if size <= room:
+            kept.append(out)
+            room -= size
+            continue
+        if out["output_type"] == "stream" and room > 0:
+            kept.append({**out, "text": out["text"][-room:]})
+        break
+    else:
+        return outputs
+    kept.append({"output_type": "stream", "name": "stdout", "text": _EARLIER})
+    return kept[::-1]
 
 
 # ---- one display for many outputs ------------------------------------------------------------
@@ -279,7 +334,12 @@ def render(header: str, outputs: list[dict[str, Any]]) -> dict[str, Any]:
     front ends and nbconvert render); text/html is added only if an output has data
     that text cannot show (HTML, images), and :data:`BACKGROUND_MIME` carries the outputs.
     """
-    texts = [header + "\n"]
+    return _bundle(header, outputs, *_body(outputs))
+
+
+def _body(outputs: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """The text of ``outputs`` under a header, and their HTML if text cannot show them (else None)."""
+    texts = []
     for out in outputs:
         kind = out["output_type"]
         if kind == "stream":
@@ -288,21 +348,28 @@ def render(header: str, outputs: list[dict[str, Any]]) -> dict[str, Any]:
             texts.append("\n".join(out["traceback"]) + "\n")
         else:
             texts.append(str(out["data"].get("text/plain", "")) + "\n")
-    bundle: dict[str, Any] = {"text/plain": "".join(texts), BACKGROUND_MIME: {"header": header, "outputs": outputs}}
-    if any(set(out.get("data", {})) - {"text/plain"} for out in outputs):
-        bundle["text/html"] = _html(header, outputs)
+    rich = any(set(out.get("data", {})) - {"text/plain"} for out in outputs)
+    return "".join(texts), _html(outputs) if rich else None
+
+
+def _bundle(header: str, outputs: list[dict[str, Any]], text: str, html_body: str | None) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"text/plain": f"{header}\n{text}", BACKGROUND_MIME: {"header": header, "outputs": outputs}}
+    if html_body is not None:
+        bundle["text/html"] = _PRE.format(";color:#666", html.escape(header)) + "\n" + html_body
     return bundle
 
 
-def _html(header: str, outputs: list[dict[str, Any]]) -> str:
-    pre = '<pre style="margin:0;white-space:pre-wrap{}">{}</pre>'
-    parts = [pre.format(";color:#666", html.escape(header))]
+_PRE = '<pre style="margin:0;white-space:pre-wrap{}">{}</pre>'
+
+
+def _html(outputs: list[dict[str, Any]]) -> str:
+    parts = []
     for out in outputs:
         kind = out["output_type"]
         if kind == "stream":
-            parts.append(pre.format(";background:#fdd" if out["name"] == "stderr" else "", html.escape(out["text"])))
+            parts.append(_PRE.format(";background:#fdd" if out["name"] == "stderr" else "", html.escape(out["text"])))
         elif kind == "error":
-            parts.append(pre.format(";background:#fdd", html.escape(_ANSI.sub("", "\n".join(out["traceback"])))))
+            parts.append(_PRE.format(";background:#fdd", html.escape(_ANSI.sub("", "\n".join(out["traceback"])))))
         else:
             data = out["data"]
             image = next((mime for mime in _IMAGES if mime in data), None)
@@ -313,7 +380,7 @@ def _html(header: str, outputs: list[dict[str, Any]]) -> str:
             elif "image/svg+xml" in data:
                 parts.append(_joined(data["image/svg+xml"]))
             else:
-                parts.append(pre.format("", html.escape(str(data.get("text/plain", "")))))
+                parts.append(_PRE.format("", html.escape(str(data.get("text/plain", "")))))
     return "\n".join(parts)
 
 
