@@ -32,7 +32,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from .config import check_timeout
 from .errors import ExecutionTimeout, KernelDied, PoolError
 from .pool import AsyncKernelPool, Lease
-from .workers.local import check_kernelspec
+from .workers import check_kernelspec
 from .results import ExecutionResult
 
 PASSED, FAILED, TIMEOUT, DIED, INTERRUPTED, SKIPPED = "passed", "failed", "timeout", "died", "interrupted", "skipped"
@@ -448,10 +448,9 @@ class _Runner:
     async def _cells(self, plan: _Plan, lease: Lease, started: float) -> None:
         result, nb = plan.result, plan.nb
         deadline = None if self.timeout is None else started + self.timeout
-        if lease.client is not None:  # local kernels: nbclient's language_info, from a kernel_info reply
-            info = await _language_info(lease.client)
-            if info:
-                nb.metadata["language_info"] = info
+        info = (lease.kernel_info or {}).get("language_info")  # nbclient's, from the kernel's kernel_info reply
+        if info:
+            nb.metadata["language_info"] = info
         if plan.cwd is not None:
             moved = await lease.execute(f"__import__('os').chdir({plan.cwd!r})", timeout=60, store_history=False)
             if moved.status != "ok":
@@ -497,20 +496,6 @@ class _Runner:
                 result.error = f"cell {index}: {err.get('ename', run.status)}: {err.get('evalue', '')}".rstrip(": ")
                 result.traceback = list(err.get("traceback") or [])
                 return
-
-
-async def _language_info(client: Any, timeout: float = 30) -> dict[str, Any] | None:
-    """Ask a held, idle kernel for kernel_info on its own client (no cell runs on it meanwhile)."""
-    msg_id = client.kernel_info()
-    end = time.monotonic() + timeout
-    while (left := end - time.monotonic()) > 0:
-        try:
-            reply = await client.get_shell_msg(timeout=left)
-        except Exception:  # queue.Empty on timeout
-            break
-        if reply["parent_header"].get("msg_id") == msg_id:  # else a stale reply from the health check
-            return reply["content"].get("language_info")
-    return None
 
 
 async def run_notebooks_async(

@@ -71,76 +71,107 @@ def _positive_or_none(name: str, value: Any) -> Any:
     return value
 
 
+# How a change made to a live pool applies, for the settings' help (%config KernelPool shows it).
+_AT_ONCE = "A change applies at once"
+_NEXT_CALLS = "A change applies to the calls made after it."
+_NEXT_KERNELS = "A change applies to the kernels started after it (sessions keep the kernels they have)."
+
+
 class PoolSettings(LoggingConfigurable):
-    """Every setting of a kernel pool; see each trait's help."""
+    """Every setting of a kernel pool; see each trait's help.
+
+    A change to a started pool applies as each setting's help says; one that cannot apply is
+    refused with a TraitError that names the setting, why, and what to do.
+    """
 
     _constructed = False  # True once __init__ has applied config and keyword arguments
 
-    kernel_name = Unicode("python3", help="Kernelspec every pooled kernel is started from.").tag(config=True)
-    max_kernels = Int(4, help="Most kernels alive at once (running, idle or starting).").tag(config=True)
+    kernel_name = Unicode(
+        "python3",
+        help="Kernelspec every pooled kernel is started from. " + _NEXT_KERNELS + " For local kernels a "
+        "name with no usable kernelspec here is refused when set (a gateway's are checked at its next start).",
+    ).tag(config=True)
+    max_kernels = Int(
+        4, help="Most kernels alive at once (running, idle or starting). " + _AT_ONCE + " (a lower value stops no "
+        "running kernel: the pool starts none until it is under the limit)."
+    ).tag(config=True)
     min_idle = Int(
         0,
         help="Fresh kernels kept started and ready for instant checkout (0: start lazily). A refill "
-        "waits up to 0.5 s for the first cells of kernels just checked out, unless a caller waits for it.",
+        "waits up to 0.5 s for the first cells of kernels just checked out, unless a caller waits for it. "
+        + _AT_ONCE + ": a higher value starts kernels, a lower one stops (kills) the fresh ones it no longer needs.",
     ).tag(config=True)
     checkout_timeout = Float(
-        60.0, allow_none=True, help="Seconds a checkout waits for a free kernel before CheckoutTimeout; None waits forever."
+        60.0, allow_none=True,
+        help="Seconds a checkout waits for a free kernel before CheckoutTimeout; None waits forever. " + _NEXT_CALLS,
     ).tag(config=True)
     execution_timeout = Float(
-        None, allow_none=True, help="Default seconds a cell may run before it is interrupted; None: no limit."
+        None, allow_none=True,
+        help="Default seconds a cell may run before it is interrupted; None: no limit. " + _NEXT_CALLS,
     ).tag(config=True)
     interrupt_timeout = Float(
-        5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel is replaced."
+        5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel is replaced. " + _NEXT_CALLS
     ).tag(config=True)
-    startup_timeout = Float(60.0, help="Seconds a kernel has to start and answer kernel_info.").tag(config=True)
+    startup_timeout = Float(
+        60.0, help="Seconds a kernel has to start and answer kernel_info. A change applies to the starts that begin after it."
+    ).tag(config=True)
     start_retries = Int(
-        2, help="Extra attempts after a kernel fails to start, with back-off, before KernelStartError."
+        2, help="Extra attempts after a kernel fails to start, with back-off, before KernelStartError. " + _AT_ONCE + "."
     ).tag(config=True)
     shutdown_timeout = Float(
-        5.0, help="Seconds a kernel has to exit after a shutdown request before it is killed."
+        5.0, help="Seconds a kernel has to exit after a shutdown request before it is killed (a kernel nobody "
+        "used is killed at once). A change applies to the stops that begin after it."
     ).tag(config=True)
     session_idle_timeout = Float(
-        None, allow_none=True, help="Seconds a session may stay idle before it is released; None: never."
+        None, allow_none=True,
+        help="Seconds a session may stay idle before it is released; None: never. A change applies from each "
+        "session's next use.",
     ).tag(config=True)
     evict_idle_sessions = Bool(
         False,
         help="When every kernel is taken and a new session (or anonymous caller) needs one, release the "
         "least recently used idle session that nobody is queued on, instead of waiting for a kernel to "
         "free up. The evicted session's next call raises SessionLost. For services with many short-lived "
-        "users; off by default because it discards a session's variables.",
+        "users; off by default because it discards a session's variables. " + _AT_ONCE + ".",
     ).tag(config=True)
     env = Dict(
-        {}, help="Extra environment variables for kernels, on top of this process's environment."
+        {}, help="Extra environment variables for kernels, on top of this process's environment. " + _NEXT_KERNELS
     ).tag(config=True)
-    cwd = Unicode(None, allow_none=True, help="Working directory of the kernels; None: this process's.").tag(
-        config=True
-    )
+    cwd = Unicode(
+        None, allow_none=True, help="Working directory of the kernels; None: this process's. " + _NEXT_KERNELS
+    ).tag(config=True)
     max_output_size = Int(
         32_000_000,
         help="Characters of output one cell may produce before the rest is dropped with a marker; "
-        "bounds the pool's memory when a cell floods output. 0: no limit.",
+        "bounds the pool's memory when a cell floods output. 0: no limit. " + _NEXT_CALLS,
     ).tag(config=True)
     transport = Enum(
         ["ipc", "tcp"],
         "ipc",
         help="ZeroMQ transport. ipc (a socket per kernel in a private directory) cannot race for ports; "
-        "use tcp for kernels that do not support ipc.",
+        "use tcp for kernels that do not support ipc. " + _NEXT_KERNELS,
     ).tag(config=True)
 
     gateway_url = Unicode(
         help="Base URL of a Jupyter Kernel Gateway or Enterprise Gateway to run the kernels on, e.g. "
-        "http://gateway:8888; empty: local kernels. Default: the JUPYTER_GATEWAY_URL environment variable.",
+        "http://gateway:8888; empty: local kernels. Default: the JUPYTER_GATEWAY_URL environment variable. "
+        + _NEXT_KERNELS + " Kernels already running stay where they are (and are deleted there); emptying it "
+        "is refused while kernel_name names no local kernelspec.",
     ).tag(config=True)
     gateway_token = Unicode(
         help="The gateway's auth token, sent as 'Authorization: token ...' on every request and on the websocket. "
-        "Default: the JUPYTER_GATEWAY_AUTH_TOKEN environment variable.",
+        "Default: the JUPYTER_GATEWAY_AUTH_TOKEN environment variable. " + _NEXT_KERNELS,
     ).tag(config=True)
     gateway_headers = Dict(
-        default_value={}, key_trait=Unicode(), value_trait=Unicode(), help="Extra HTTP headers for every request to the gateway."
+        default_value={}, key_trait=Unicode(), value_trait=Unicode(),
+        help="Extra HTTP headers for every request to the gateway. " + _NEXT_KERNELS,
     ).tag(config=True)
-    gateway_validate_cert = Bool(True, help="Verify the gateway's TLS certificate (https gateways).").tag(config=True)
+    gateway_validate_cert = Bool(
+        True, help="Verify the gateway's TLS certificate (https gateways). " + _NEXT_KERNELS
+    ).tag(config=True)
     gateway_ca_certs = Unicode(
-        None, allow_none=True, help="A CA bundle (PEM file) to verify the gateway's certificate with; None: the system's."
+        None, allow_none=True,
+        help="A CA bundle (PEM file) to verify the gateway's certificate with; None: the system's. " + _NEXT_KERNELS,
     ).tag(config=True)
 
     @default("gateway_url")
@@ -155,12 +186,17 @@ class PoolSettings(LoggingConfigurable):
     def _check_gateway_url(self, proposal: Any) -> str:
         url = proposal.value.strip()
         if not url:
+            if self._constructed and self.gateway_url:  # back to local kernels: they need a local kernelspec
+                self._refuse_unless_local(self.kernel_name, "gateway_url",
+                                          "set kernel_name to a local kernelspec first, then empty gateway_url")
             return ""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TraitError(f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; got {url!r}")
+            raise TraitError(f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; "
+                             f"got {url!r}")
         if parts.query or parts.fragment:
-            raise TraitError(f"gateway_url must be the gateway's base URL, without a query or fragment; got {url!r}")
+            raise TraitError(f"gateway_url must be the gateway's base URL, without a query or fragment; "
+                             f"got {url!r}")
         try:
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
         except ValueError as exc:
@@ -213,7 +249,20 @@ class PoolSettings(LoggingConfigurable):
     def _check_kernel_name(self, proposal: Any) -> str:
         if not proposal.value:
             raise TraitError("kernel_name must name a kernelspec, e.g. 'python3'")
+        if self._constructed and not self.gateway_url:
+            self._refuse_unless_local(proposal.value, "kernel_name",
+                                      "install it, pick another, or set gateway_url first to use a gateway's")
         return proposal.value
+
+    @staticmethod
+    def _refuse_unless_local(kernel_name: str, setting: str, remedy: str) -> None:
+        """Refuse a change of ``setting`` that would start local kernels of a kernelspec this machine lacks."""
+        from .workers import check_kernelspec
+
+        try:
+            check_kernelspec(kernel_name)
+        except ValueError as exc:
+            raise TraitError(f"{setting} not changed: the pool would start local kernels, and {exc}; {remedy}") from None
 
     def __init__(self, **kwargs: Any) -> None:
         known = set(self.class_trait_names()) | {"parent", "config", "log"}
@@ -223,6 +272,10 @@ class PoolSettings(LoggingConfigurable):
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; the settings are: {settings}")
         super().__init__(**kwargs)
         self._check_min_idle(self.min_idle, self.max_kernels)
+        if not self.gateway_url:  # a local kernel_name that cannot start is named now (ValueError), not at a start
+            from .workers import check_kernelspec
+
+            check_kernelspec(self.kernel_name)
         self._constructed = True
 
     def settings(self) -> dict[str, Any]:

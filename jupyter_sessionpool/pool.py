@@ -23,9 +23,8 @@ from .config import PoolSettings, check_session, check_timeout
 from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError
 from .results import ExecutionResult, OutputCallback, _Outputs
 from .stats import PoolStats, snapshot
+from . import workers
 from .workers.base import KernelWorker, Workers
-from .workers.gateway import GatewayWorkers
-from .workers.local import LocalWorkers
 
 Subscriber = Callable[[PoolStats], Any]
 _UNSET: Any = object()
@@ -67,6 +66,12 @@ class Lease:
     @property
     def pid(self) -> int | None:
         return self._worker.pid
+
+    @property
+    def kernel_info(self) -> dict[str, Any] | None:
+        """The content of the kernel's ``kernel_info`` reply (``language_info``, ``implementation``...),
+        for local and remote kernels alike; recorded at its health check, no request made."""
+        return self._worker.kernel_info
 
     @property
     def client(self) -> Any:
@@ -184,7 +189,11 @@ class AsyncKernelPool(PoolSettings):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._workers: Workers = self._make_workers()
+        self._settings = weakref.proxy(self)  # what workers read: the loop keeps them (readers), they must not keep the pool
+        self._workers: Workers | None = None  # what kernels start on now: chosen from the settings at each start
+        self._backends: dict[Workers, set[Slot]] = {}  # every open Workers, and the slots whose kernels it made
+        self._opening: tuple[Workers, asyncio.Future[None]] | None = None  # a new Workers being opened
+        self._starting: asyncio.Future[None] | None = None  # resolved when the first start() is done
         self._books = Books(
             self.max_kernels, self.min_idle, self.start_retries, time.monotonic, self.evict_idle_sessions
         )
@@ -207,15 +216,23 @@ class AsyncKernelPool(PoolSettings):
         """Bind the pool to the running loop and begin prewarming ``min_idle`` kernels."""
         if self._books.closed:
             raise PoolClosed()
+        while self._starting is not None:  # another caller is starting the pool: go on after it, in order
+            await asyncio.shield(self._starting)
         if self._loop is not None:
             return self
         self._loop = asyncio.get_running_loop()
-        try:
-            await self._workers.open()
-        except BaseException:  # e.g. the gateway refused our token: the next start() tries again
-            self._loop = None
-            raise
+        self._starting = self._loop.create_future()
         self._finalizer = weakref.finalize(self, _dropped, self._books, self.log, repr(self))
+        try:
+            await self._backend()  # so that bad settings (the gateway refused our token) show here
+        except BaseException:  # the next start() tries again
+            self._loop = None
+            self._finalizer.detach()
+            raise
+        finally:
+            # the callers waiting resume after this one has made its request: calls keep their order
+            starting, self._starting = self._starting, None
+            starting.set_result(None)
         self._apply(self._books.settle())
         return self
 
@@ -259,7 +276,10 @@ class AsyncKernelPool(PoolSettings):
         self._fail_ready(PoolClosed())
         while self._tasks or self._kills:
             await asyncio.wait([*self._tasks.values(), *self._kills])
-        await self._workers.close()
+        if self._opening is not None:
+            await asyncio.gather(self._opening[1], return_exceptions=True)
+        while self._backends:
+            await self._backends.popitem()[0].close()
         self.log.info("pool shut down: %d kernel(s) stopped", kernels)
 
     def _hurry(self) -> None:
@@ -538,10 +558,52 @@ class AsyncKernelPool(PoolSettings):
 
     # ---- tasks that do the kernels' I/O ---------------------------------------------------
 
-    def _make_workers(self) -> Workers:
-        """The factory of this pool's kernel workers: on the gateway when ``gateway_url`` is set, else local."""
-        settings = weakref.proxy(self)  # the loop keeps the workers (readers): it must not keep the pool
-        return GatewayWorkers(settings) if self.gateway_url else LocalWorkers(settings)
+    async def _backend(self) -> Workers:
+        """The Workers to start a kernel on, as the settings are now (local, or a gateway).
+
+        The current one while the settings it was made from are unchanged; else a new one,
+        opened once however many starts ask for it at the same time. The one it replaces
+        keeps serving the kernels it made (a release still DELETEs on their gateway) and is
+        closed once the last of them has stopped. Raises what opening the new one raised
+        (the next start tries again).
+        """
+        while self._workers is None or not workers.serves(self._workers, self._settings):
+            if self._opening is None or not workers.serves(self._opening[0], self._settings):
+                made = workers.workers_for(self._settings)
+                self._opening = (made, asyncio.ensure_future(self._open_backend(made)))
+            await asyncio.shield(self._opening[1])  # a cancelled start leaves the opening to the others
+        return self._workers
+
+    async def _open_backend(self, made: Workers) -> None:
+        try:
+            await made.open()
+        except BaseException:
+            await made.close()
+            raise
+        finally:
+            if self._opening is not None and self._opening[0] is made:
+                self._opening = None
+        old, self._workers = self._workers, made
+        self._backends[made] = set()
+        if old is not None:
+            self.log.info("kernels start on %s from now on (settings changed); %d running kernel(s) stay where they are",
+                          made.location, len(self._backends.get(old, ())))
+            self._retire_if_unused(old)
+
+    def _retire_if_unused(self, backend: Workers) -> None:
+        """Close a Workers that is no longer the current one once no kernel it made is left."""
+        if backend is not self._workers and not self._backends.get(backend, True):
+            del self._backends[backend]
+            closing = asyncio.ensure_future(backend.close())
+            self._kills.add(closing)  # the shutdown waits for it
+            closing.add_done_callback(self._kills.discard)
+
+    def _forget(self, slot: Slot) -> None:
+        """``slot``'s kernel is gone for good: its Workers may be done."""
+        for backend, slots in list(self._backends.items()):
+            if slot in slots:
+                slots.discard(slot)
+                self._retire_if_unused(backend)
 
     def _first_cell_began(self) -> asyncio.Future[None]:
         ended = self._loop.create_future()
@@ -575,14 +637,17 @@ class AsyncKernelPool(PoolSettings):
     async def _start(self, slot: Slot) -> None:
         if self._first_cells and not self._books.waiters:
             await self._yield_to_first_cells()
-        worker = self._workers.new(slot.kernel_id)
-        slot.handle = worker
-        worker.exited.add_done_callback(_weakly(self._on_exit, slot))
         try:
+            backend = await self._backend()
+            worker = backend.new(slot.kernel_id)
+            self._backends[backend].add(slot)
+            slot.handle = worker
+            worker.exited.add_done_callback(_weakly(self._on_exit, slot))
             await worker.start(self.startup_timeout)
         except Exception as exc:
             error = exc if isinstance(exc, PoolError) else PoolError(str(exc))
             self.log.warning("kernel %s failed to start: %s", slot.kernel_id, error)
+            self._forget(slot)
             self._apply(self._books.start_failed(slot, error))
             if self._books.prewarm_suspended:
                 self._fail_ready(error)
@@ -594,6 +659,7 @@ class AsyncKernelPool(PoolSettings):
             if slot.handle is not None:
                 await slot.handle.stop(self.shutdown_timeout, now=now or self._hurried)
         finally:
+            self._forget(slot)
             self._apply(self._books.removed(slot))
 
     def _on_exit(self, slot: Slot) -> None:
@@ -651,8 +717,8 @@ def _weakly(method: Callable[..., Any], *args: Any) -> Callable[..., None]:
 
 def _dropped(books: Books, log: logging.Logger, name: str) -> None:
     """A started pool was garbage-collected without ``shutdown()``: stop its kernels, wait for nothing."""
-    workers = [slot.handle for slot in books.slots.values() if slot.handle is not None]
-    if workers:
-        log.warning("%s was dropped without shutdown(); stopping its %d kernel(s)", name, len(workers))
-    for worker in workers:
+    kernels = [slot.handle for slot in books.slots.values() if slot.handle is not None]
+    if kernels:
+        log.warning("%s was dropped without shutdown(); stopping its %d kernel(s)", name, len(kernels))
+    for worker in kernels:
         worker.abandon()

@@ -6,7 +6,6 @@ another process, e.g. the JupyterLab panel.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +15,9 @@ from ._state import Books, KernelState, Slot
 
 @dataclass(frozen=True)
 class KernelStats:
-    """One kernel: ``state`` is starting, idle, busy, dead or stopping; ``pid`` is None for remote kernels."""
+    """One kernel: ``state`` is starting, idle, busy, dead or stopping; ``pid`` is None for remote
+    kernels; ``memory`` is the bytes its local process holds (resident, read at most once a
+    second), None where there is no such figure (remote kernels, a kernel not started yet)."""
 
     kernel_id: str
     pid: int | None
@@ -26,6 +27,7 @@ class KernelStats:
     busy_since: float | None
     last_used: float | None
     location: str | None = None  # where it runs: "local", or the gateway's host:port
+    memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,16 +107,5 @@ def _kernel(slot: Slot, wall: Any) -> KernelStats:
         busy_since=wall(slot.busy_since) if slot.state is KernelState.BUSY else None,
         last_used=wall(slot.last_used),
         location=getattr(slot.handle, "location", None),
+        memory=slot.handle.memory() if slot.handle is not None else None,
     )
-
-
-def rss_bytes(pid: int | None) -> int | None:
-    """Resident memory of a process (Linux /proc), or None when unknown."""
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-

@@ -205,6 +205,11 @@ class SyncLease:
         return self._lease.pid
 
     @property
+    def kernel_info(self) -> dict[str, Any] | None:
+        """The content of the kernel's ``kernel_info`` reply; see :attr:`Lease.kernel_info`."""
+        return self._lease.kernel_info
+
+    @property
     def client(self) -> Any:
         """A ``jupyter_client`` BlockingKernelClient on this kernel, made on first use (None if remote).
 

@@ -467,9 +467,23 @@ async def test_stats_and_subscribe_follow_the_kernel_through_its_states(make_poo
     import json
 
     json.dumps(d)
-    assert set(d["kernels"][0]) == {"kernel_id", "pid", "state", "session", "executions", "busy_since", "last_used", "location"}
-    assert d["kernels"][0]["location"] == "local"
+    assert set(d["kernels"][0]) == {"kernel_id", "pid", "state", "session", "executions", "busy_since", "last_used", "location",
+                                     "memory"}
+    assert d["kernels"][0]["location"] == "local" and d["kernels"][0]["memory"] > 10 * 2**20  # an ipykernel's RSS
     assert set(d["counters"]) >= {"started", "start_failures", "died", "checkouts", "timeouts"}
+
+
+async def test_a_lease_has_the_kernels_kernel_info_and_its_kernel_its_memory(make_pool):
+    """Issue 19, Design: what the faces need comes through the worker interface (no jupyter_client
+    client): the kernel_info reply of the health check, and the kernel's memory where there is one."""
+    pool = await make_pool(max_kernels=1)
+    async with pool.checkout("a") as lease:
+        info = lease.kernel_info
+        assert info["status"] == "ok" and info["implementation"] == "ipython"
+        assert info["language_info"]["name"] == "python" and info["language_info"]["file_extension"] == ".py"
+        await lease.execute("blob = bytearray(200 * 2**20)")  # 200 MiB more
+    [kernel] = pool.stats().kernels
+    assert kernel.memory is not None and kernel.memory > 200 * 2**20
 
 
 async def test_output_flood_is_capped_with_a_marker(make_pool):

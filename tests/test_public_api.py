@@ -88,3 +88,26 @@ def test_kernel_died_says_what_the_next_call_gets():
     before = str(KernelDied("k-1", "a"))
     assert "before this call could run code" in before and "while running" not in before
     assert "next call gets a fresh kernel" in str(KernelDied("k-1", None)), "anonymous: nothing to lose"
+
+
+def test_nothing_above_the_workers_imports_a_worker_module():
+    """Issue 19, Design: the core and the faces reach the kernel workers only through the
+    ``workers`` package (its interface and the functions that pick a backend), never a backend."""
+    import ast
+    from pathlib import Path
+
+    package = Path(jupyter_sessionpool.__file__).parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "workers" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" if node.module else a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {name}" for name in names
+                          if any(f"workers.{backend}" in name for backend in ("local", "gateway"))]
+    assert offenders == []

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import nbformat
 import psutil
 import pytest
 from gatewaykit import Gateway, Proxy, free_port, pool_settings, wait_until
@@ -28,6 +29,7 @@ from jupyter_sessionpool import (
     KernelStartError,
     SessionLost,
 )
+from jupyter_sessionpool.batch import run_notebooks
 from jupyter_sessionpool.workers import gateway as gateway_module
 from jupyter_sessionpool.workers.gateway import GatewayWorkers
 
@@ -201,6 +203,74 @@ async def test_bad_token_and_url_are_clear_errors(kg, remote):
     assert info.value.attempts == 2
     with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, python3"):
         await remote(kernel_name="nope")
+
+
+# ---- settings changed on a live pool (issue 19, item 2) ------------------------------------------
+
+
+def test_gateway_settings_made_after_construction_reach_the_next_start(kg, monkeypatch):
+    """``KernelPool()`` and then gateway_url/gateway_token, before the first call: the cell ran on a
+    *local* kernel; and a corrected token never reached later starts (HTTP 401 on every start)."""
+    for name in ("JUPYTER_GATEWAY_URL", "JUPYTER_GATEWAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    pool = KernelPool(max_kernels=2)
+    try:
+        pool.gateway_url, pool.gateway_token = kg.url, "not-the-token"
+        with pytest.raises(KernelStartError, match="HTTP 401"):
+            pool.execute("1", session="a")
+        pool.gateway_token = kg.token  # corrected: the next start uses it
+        assert pool.execute("import os; os.getpid()", session="a").status == "ok"
+        [kernel] = pool.stats().kernels
+        assert (kernel.location, kernel.pid) == (f"127.0.0.1:{kg.port}", None) and len(kg.kernels()) == 1
+    finally:
+        pool.shutdown()
+    assert kg.kernels() == []
+
+
+async def test_a_live_pool_moves_between_backends_and_each_kernel_stays_where_it_runs(kg, make_pool):
+    """Each start uses the backend the settings name then; running kernels keep theirs (a release
+    DELETEs on the gateway the kernel lives on), and a backend left behind closes with its last kernel."""
+    pool = await make_pool(max_kernels=3)
+    await pool.execute("x = 'local'", session="a")
+    local = pool._workers
+    pool.gateway_url, pool.gateway_token = kg.url, kg.token
+    await pool.execute("x = 'remote'", session="b")
+    where = {k.session: k.location for k in pool.stats().kernels}
+    assert where == {"a": "local", "b": f"127.0.0.1:{kg.port}"} and len(kg.kernels()) == 1
+    assert (await pool.execute("x", session="a")).result == "'local'"  # a kept its kernel and state
+    pool.gateway_url = ""  # back to local kernels for new sessions
+    await pool.execute("x = 'local again'", session="c")
+    assert pool.stats().kernels[-1].location == "local" and len(kg.kernels()) == 1
+    assert await pool.release("b")  # deleted on the gateway, though new kernels start locally now
+    assert kg.kernels() == []
+    assert local.dir.exists()  # the first local backend still serves session a ...
+    assert await pool.release("a")
+    await wait_until(lambda: not local.dir.exists(), 30, "the first local backend to close")  # ... until a went
+    assert (await pool.execute("x", session="c")).result == "'local again'"
+
+
+async def test_a_remote_kernel_has_its_kernel_info_and_no_memory_figure(kg, remote):
+    pool = await remote(max_kernels=1)
+    async with pool.checkout("a") as lease:
+        assert lease.client is None and lease.kernel_info["language_info"]["name"] == "python"
+    [kernel] = pool.stats().kernels
+    assert (kernel.pid, kernel.memory) == (None, None)
+
+
+def test_a_remote_notebook_gets_language_info(kg, tmp_path, monkeypatch):
+    """Issue 19, Design: the batch runner took language_info from a jupyter_client client, which
+    remote kernels do not have; it comes from the kernel's kernel_info reply now."""
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", kg.token)
+    source = tmp_path / "in" / "a.ipynb"
+    source.parent.mkdir()
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nbformat.v4.new_notebook(metadata={"kernelspec": kernelspec},
+                                            cells=[nbformat.v4.new_code_cell("1 + 1")]), source)
+    [result] = run_notebooks([source], output_dir=tmp_path / "out", gateway_url=kg.url, jobs=1)
+    assert result.status == "passed", result.error
+    info = nbformat.read(tmp_path / "out" / "a.ipynb", as_version=4).metadata.language_info
+    assert info["name"] == "python" and info["version"].startswith(f"{sys.version_info.major}.")
+    assert kg.kernels() == []
 
 
 async def test_websocket_drop_keeps_the_session(kg, remote):

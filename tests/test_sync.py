@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_sessionpool import KernelPool
@@ -66,6 +67,26 @@ def test_config_reaches_the_pool_and_later_changes_apply():
         assert (pool.max_kernels, pool.stats().max_kernels) == (3, 3)
         pool.max_kernels = 5
         assert pool.stats().max_kernels == 5
+    finally:
+        pool.shutdown()
+
+
+def test_a_change_that_cannot_apply_is_refused_naming_the_setting_and_what_to_do():
+    """Issue 19, item 2: a live pool takes each change as its help says, and refuses the ones that
+    cannot apply (local kernels of a kernelspec this machine lacks) with a TraitError, unchanged."""
+    pool = KernelPool(max_kernels=1)
+    try:
+        with pytest.raises(TraitError, match=r"kernel_name not changed: .*no kernelspec named 'no-such-kernel'.*gateway_url"):
+            pool.kernel_name = "no-such-kernel"
+        assert pool.kernel_name == "python3" and pool.execute("1").result == "1"
+        pool.gateway_url = "http://127.0.0.1:9"  # a gateway's kernelspecs are its own: not checked here
+        pool.kernel_name = "spark-on-the-gateway"
+        with pytest.raises(TraitError, match=r"gateway_url not changed: .*'spark-on-the-gateway'.*set kernel_name to a local"):
+            pool.gateway_url = ""
+        assert pool.gateway_url == "http://127.0.0.1:9" and pool._async.gateway_url == "http://127.0.0.1:9"
+        pool.kernel_name = "python3"
+        pool.gateway_url = ""
+        assert pool.execute("2").result == "2"
     finally:
         pool.shutdown()
 

@@ -5,8 +5,8 @@ JupyterLab extension, or any client) may open a comm on target ``jupyter_session
 and gets the pool of *this* kernel, live. Protocol version 1, every message a JSON dict:
 
 kernel → frontend
-    ``{"version": 1, "type": "snapshot", "time": t, "pool": {...}}``: ``PoolStats.to_dict()``
-    plus ``rss`` (bytes or None) per kernel; ``time`` is the kernel's wall clock, so a
+    ``{"version": 1, "type": "snapshot", "time": t, "pool": {...}}``: ``PoolStats.to_dict()``,
+    each kernel's ``memory`` named ``rss`` (bytes or None); ``time`` is the kernel's wall clock, so a
     frontend can turn ``busy_since`` into "busy for". Sent on open and after pool changes,
     coalesced to at most one per :data:`MIN_INTERVAL`, always ending on the latest state.
     ``{"version": 1, "type": "no_pool"}``: the extension is loaded, the pool not made yet.
@@ -40,7 +40,7 @@ import time
 from typing import Any, Callable
 
 from ..config import check_session_name
-from ..stats import PoolStats, rss_bytes
+from ..stats import PoolStats
 from ..sync import KernelPool
 
 TARGET = "jupyter_sessionpool"
@@ -116,7 +116,7 @@ def snapshot_message(stats: PoolStats | None) -> dict[str, Any]:
         return {"version": VERSION, "type": "no_pool"}
     pool = stats.to_dict()
     for kernel in pool["kernels"]:
-        kernel["rss"] = rss_bytes(kernel["pid"])
+        kernel["rss"] = kernel.pop("memory", None)  # the protocol's name for KernelStats.memory
     return {"version": VERSION, "type": "snapshot", "time": time.time(), "pool": pool}
 
 

@@ -5,7 +5,8 @@ that only stores the snapshot and arms a timer, so the pool's loop never waits o
 The timer thread renders the newest snapshot: it is the one place that writes the view's
 traits, under one lock, at most every ``_MIN_INTERVAL`` seconds however fast events come.
 While a kernel is busy or a checkout waits, it re-arms itself once a second so the busy
-and waiting times tick; otherwise no timer is armed and nothing runs.
+and waiting times tick (taking a new snapshot while a kernel is busy, so its memory moves
+too); otherwise no timer is armed and nothing runs.
 
 Rendering deliberately happens off the kernel's main thread: that thread is blocked for as
 long as a foreground ``%%pool`` cell runs, which is exactly when the view must move.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ipywidgets import HTML, Button, HBox, Layout, VBox
 
 from ..errors import PoolError
-from ..stats import KernelStats, PoolStats, rss_bytes
+from ..stats import KernelStats, PoolStats
 
 if TYPE_CHECKING:
     from ..sync import KernelPool
@@ -118,10 +119,15 @@ class PoolWidget(VBox):
         self._timer.start()
 
     def _fire(self) -> None:
+        latest = self._latest
+        # a tick while a cell runs: take a new snapshot, so its kernel's memory moves too
+        fresh = self._pool.stats() if latest is not None and not latest.closed and latest.count("busy") else None
         with self._lock:
             if self._timer is not threading.current_thread():
                 return  # superseded by an earlier timer or a flush while this one waited
             self._timer = None
+            if fresh is not None and self._latest is latest:  # no event brought a newer one meanwhile
+                self._latest = fresh
             self._render()
 
     def flush(self) -> None:
@@ -362,7 +368,7 @@ def _no_kernels(stats: PoolStats) -> str:
 
 def _row_html(k: KernelStats, columns: tuple[str, ...], now: float) -> str:
     symbol, colour = _STATE_STYLE.get(k.state, ("?", "inherit"))
-    rss = rss_bytes(k.pid)
+    rss = k.memory
     location = _location(k)
     content = {
         "kernel": (f"<code>{html.escape(_short_id(k.kernel_id))}</code>", k.kernel_id),

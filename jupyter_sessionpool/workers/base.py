@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import time
 from collections import deque
 from typing import Any
@@ -177,6 +178,7 @@ class Router:
         self._open: dict[str, Request] = {}
         self.orphans = OrphanRing()
         self.execution_state: str | None = None
+        self.kernel_info: dict[str, Any] | None = None  # the content of the latest kernel_info reply
         self.exit_reason: str | None = None
         self._outside: set[str] = set()  # requests sent around the pool, not yet ended (idle)
         self._ended: deque[str] = deque(maxlen=_ENDED_KEPT)  # recent idles nobody expected (yet)
@@ -194,11 +196,13 @@ class Router:
             self.execution_state = msg.get("content", {}).get("execution_state", self.execution_state)
             if self.execution_state == "idle" and parent not in self._open:
                 self._outside_ended(parent)
+        elif channel == "shell" and msg.get("msg_type") == "kernel_info_reply":
+            self.kernel_info = msg.get("content")
         request = self._open.get(parent)
         if request is not None:
             request._put(channel, msg)
         elif channel == "iopub" and msg.get("msg_type") in _OUTPUT_TYPES:
-            self.orphans.append(_trimmed(msg))
+            self.orphans.append(msg)
 
     def expect(self, msg_id: str) -> None:
         """A request was sent around the pool (through ``Lease.client``): follow it to its idle."""
@@ -250,6 +254,18 @@ class Router:
 
 
 _ENDED_KEPT = 256
+MEMORY_EVERY = 1.0
+"""Seconds a kernel's memory reading is reused: a reading costs a file read (~10-70 us), and
+snapshots of the pool are taken on every change."""
+
+
+def _resident_bytes(pid: int) -> int | None:
+    """Resident memory of a local process (Linux ``/proc``), or None when unknown."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class OrphanRing:
@@ -314,11 +330,29 @@ class KernelWorker(abc.ABC):
     kernel_id: str
     router: Router
     exited: asyncio.Future[str]
+    _memory_sample: tuple[float, int | None] | None = None  # (when, bytes): the last reading
 
     @property
     def pid(self) -> int | None:
         """The kernel's local process id, or None where there is no local process."""
         return None
+
+    @property
+    def kernel_info(self) -> dict[str, Any] | None:
+        """The content of the kernel's latest ``kernel_info`` reply (its health check's, or a later
+        probe's): ``language_info``, ``implementation``, ``banner``...; None before the first."""
+        return self.router.kernel_info
+
+    def memory(self) -> int | None:
+        """Bytes of memory the kernel uses, where there is such a figure: the resident set of its
+        local process (read at most once every ``MEMORY_EVERY`` seconds); None without one (remote)."""
+        pid = self.pid
+        if pid is None:
+            return None
+        now = time.monotonic()
+        if self._memory_sample is None or now - self._memory_sample[0] >= MEMORY_EVERY:
+            self._memory_sample = (now, _resident_bytes(pid))
+        return self._memory_sample[1]
 
     @property
     def location(self) -> str:
@@ -413,11 +447,23 @@ class Workers(abc.ABC):
     """Makes one pool's kernel workers and owns what they share (a zmq context, an HTTP client).
 
     ``settings`` (a PoolSettings: the pool passes a weak proxy of itself) is read as each
-    kernel is made, so a changed setting applies to the next kernel.
+    kernel is made, so a changed setting applies to the next kernel; the few a backend reads
+    only once, when it is made, are its :meth:`fixed_settings`, and a change of any of them
+    makes the pool start its next kernels on a new Workers (this one serves on the kernels it
+    made, until the last has stopped: then the pool closes it).
     """
+
+    location = "local"
+    """Where this backend's kernels run, for people: ``"local"``, or the gateway's host:port."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
+        self.fixed = self.fixed_settings(settings)
+
+    @classmethod
+    def fixed_settings(cls, settings: Any) -> tuple[Any, ...]:
+        """The values of the settings this backend reads once, when made (none by default)."""
+        return ()
 
     @abc.abstractmethod
     async def open(self) -> None:

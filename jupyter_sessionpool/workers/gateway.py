@@ -151,6 +151,11 @@ class GatewayWorkers(Workers):
         self._spec_checked: str | None = None  # the kernel_name the gateway was found to have
         self.stopping: set[asyncio.Task[None]] = set()
 
+    @classmethod
+    def fixed_settings(cls, settings: Any) -> tuple[Any, ...]:
+        """Every ``gateway_*`` setting: the address, credentials and TLS options are read once, when made."""
+        return tuple(getattr(settings, name) for name in sorted(settings.trait_names()) if name.startswith("gateway_"))
+
     @property
     def kernel_name(self) -> str:
         return self.settings.kernel_name
