@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import reprlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, HasTraits, Int, TraitError, TraitType, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
+from traitlets.utils.text import indent
 
 _MAX_SESSION_LEN = 200
 
@@ -75,13 +77,43 @@ def _positive_or_none(name: str, value: Any) -> Any:
 _AT_ONCE = "A change applies at once"
 _NEXT_CALLS = "A change applies to the calls made after it."
 _NEXT_KERNELS = "A change applies to the kernels started after it (sessions keep the kernels they have)."
+_SECRET = "***"
+_SECRETS = frozenset({"gateway_url", "gateway_token", "gateway_headers"})  # shown by _shown()
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password in its user info replaced by ``***`` (``http://user:***@host``).
+
+    For anything a person may see: errors, logs, reprs, ``%config``. Text that is not a URL
+    comes back as it is.
+    """
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(2).partition(":")
+        return f"{match.group(1)}{user}{':' + _SECRET if colon else ''}@"
+
+    return _USERINFO.sub(hide, url, count=1)
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A setting's value as a person may see it: secrets redacted."""
+    if name == "gateway_url":
+        return redact_url(value)
+    if name == "gateway_token":
+        return _SECRET if value else value
+    if name == "gateway_headers":
+        return dict.fromkeys(value, _SECRET)
+    return value
 
 
 class PoolSettings(LoggingConfigurable):
     """Every setting of a kernel pool; see each trait's help.
 
     A change to a started pool applies as each setting's help says; one that cannot apply is
-    refused with a TraitError that names the setting, why, and what to do.
+    refused with a TraitError that names the setting, why, and what to do. ``%config
+    KernelPool`` (and traitlets' help) show the current values with the gateway's token, the
+    values of its headers and a password in its URL as ``***``.
     """
 
     _constructed = False  # True once __init__ has applied config and keyword arguments
@@ -156,15 +188,17 @@ class PoolSettings(LoggingConfigurable):
         help="Base URL of a Jupyter Kernel Gateway or Enterprise Gateway to run the kernels on, e.g. "
         "http://gateway:8888; empty: local kernels. Default: the JUPYTER_GATEWAY_URL environment variable. "
         + _NEXT_KERNELS + " Kernels already running stay where they are (and are deleted there); emptying it "
-        "is refused while kernel_name names no local kernelspec.",
+        "is refused while kernel_name names no local kernelspec. A password in it is never shown.",
     ).tag(config=True)
     gateway_token = Unicode(
         help="The gateway's auth token, sent as 'Authorization: token ...' on every request and on the websocket. "
-        "Default: the JUPYTER_GATEWAY_AUTH_TOKEN environment variable. " + _NEXT_KERNELS,
+        "Default: the JUPYTER_GATEWAY_AUTH_TOKEN environment variable. " + _NEXT_KERNELS + " Never shown "
+        "(%config shows ***); pool.gateway_token is the value itself.",
     ).tag(config=True)
     gateway_headers = Dict(
         default_value={}, key_trait=Unicode(), value_trait=Unicode(),
-        help="Extra HTTP headers for every request to the gateway. " + _NEXT_KERNELS,
+        help="Extra HTTP headers for every request to the gateway. " + _NEXT_KERNELS + " Their values are never "
+        "shown (%config shows ***).",
     ).tag(config=True)
     gateway_validate_cert = Bool(
         True, help="Verify the gateway's TLS certificate (https gateways). " + _NEXT_KERNELS
@@ -193,14 +227,14 @@ class PoolSettings(LoggingConfigurable):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TraitError(f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; "
-                             f"got {url!r}")
+                             f"got {redact_url(url)!r}")
         if parts.query or parts.fragment:
             raise TraitError(f"gateway_url must be the gateway's base URL, without a query or fragment; "
-                             f"got {url!r}")
+                             f"got {redact_url(url)!r}")
         try:
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
         except ValueError as exc:
-            raise TraitError(f"gateway_url has a bad port ({exc}); got {url!r}") from None
+            raise TraitError(f"gateway_url has a bad port ({exc}); got {redact_url(url)!r}") from None
         return url
 
     @default("log")
@@ -277,6 +311,16 @@ class PoolSettings(LoggingConfigurable):
 
             check_kernelspec(self.kernel_name)
         self._constructed = True
+
+    @classmethod
+    def class_get_trait_help(cls, trait: TraitType[Any, Any], inst: HasTraits | None = None,
+                             helptext: str | None = None) -> str:
+        """traitlets' help of one setting, as ``%config KernelPool`` prints it: a secret's current value redacted."""
+        text = super().class_get_trait_help(trait, inst, helptext)
+        if inst is None or trait.name not in _SECRETS:
+            return text
+        head, _, _current = text.rpartition("\n")  # traitlets ends it with the current value's line
+        return f"{head}\n{indent(f'Current: {_shown(trait.name, getattr(inst, trait.name))!r}')}"
 
     def settings(self) -> dict[str, Any]:
         """The current value of every configurable setting."""

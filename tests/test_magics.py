@@ -317,6 +317,27 @@ def test_config_before_first_use_and_after_reaches_the_pool(ip):
     assert pool.max_kernels == 5 and pool.stats().max_kernels == 5
 
 
+def test_config_listing_never_shows_the_gateway_secrets(ip, monkeypatch):
+    """Issue 19, item 5: ``%config KernelPool`` printed the gateway token (even one taken from
+    JUPYTER_GATEWAY_AUTH_TOKEN) into the notebook's saved output, and a password in gateway_url."""
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", "tok-from-the-environment")
+    ip.run_line_magic("config", "KernelPool.gateway_url = 'http://alice:pw-secret@gateway.invalid:8888'")
+    pool = magics_of(ip).pool  # made, not started: nothing reaches the (absent) gateway
+    with capture_output() as listing:
+        ip.run_line_magic("config", "KernelPool")
+    assert "KernelPool.gateway_token" in listing.stdout and "http://alice:***@gateway.invalid:8888" in listing.stdout
+    assert "tok-from-the-environment" not in listing.stdout and "pw-secret" not in listing.stdout
+    assert pool.gateway_token == "tok-from-the-environment"  # code still reads the value
+
+
+def test_config_after_first_use_that_cannot_apply_is_refused_and_changes_nothing(ip, caplog):
+    run(ip, "%%pool session=a\npass")
+    pool = magics_of(ip).pool
+    ip.run_line_magic("config", "KernelPool.kernel_name = 'no-such-kernel'")  # %config reports the TraitError
+    assert "kernel_name not changed: the pool would start local kernels, and no kernelspec named" in caplog.text
+    assert pool.kernel_name == "python3" and run(ip, "%%pool session=b\nprint('still fine')")[1].stdout == "still fine\n"
+
+
 # ---- background cells ------------------------------------------------------------------
 
 

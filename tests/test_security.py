@@ -21,6 +21,8 @@ import psutil
 import pytest
 
 from jupyter_sessionpool import CheckoutTimeout, ExecutionTimeout, KernelPool
+from jupyter_sessionpool.config import PoolSettings, redact_url
+from jupyter_sessionpool.workers.gateway import GatewayWorkers
 from jupyter_sessionpool.notebook.comm import VERSION, ProtocolViolation, parse_request, snapshot_message
 
 from commkit import SETUP, Frontend
@@ -102,6 +104,51 @@ def test_the_hmac_key_is_never_logged_or_shown(caplog):
     everything = "\n".join(shown)
     for key in keys:
         assert key not in everything
+
+
+def test_the_gateway_token_and_a_password_in_its_url_are_never_shown(kg, monkeypatch, caplog):
+    """Issue 19, item 5 (the pool's side): the token, also when it comes from the environment, is
+    in no %config listing, repr, stats, widget or comm message; code still reads the value."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("JUPYTER_GATEWAY_URL", kg.url)
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", kg.token)
+    shown: list[str] = []
+    with KernelPool(max_kernels=1) as pool:
+        assert pool.gateway_token == kg.token  # for code, the value itself
+        pool.execute("x = 1", session="a")
+        listing = pool.class_get_help(pool)  # what %config KernelPool prints
+        assert "KernelPool.gateway_token=<Unicode>" in listing and "Current: '***'" in listing
+        stats = pool.stats()
+        shown += [listing, repr(pool), repr(pool._async), str(stats), json.dumps(snapshot_message(stats))]
+        widget = pool.widget()
+        try:
+            widget.flush()
+            shown.append(json.dumps(widget._repr_mimebundle_(), default=repr))
+            shown += [json.dumps(part.get_state(), default=repr) for part in (widget, *widget.children)]
+        finally:
+            widget.close()
+    shown += [caplog.text]
+    assert kg.url.split("//")[1] in "\n".join(shown), "the search covers where the gateway shows"
+    assert kg.token not in "\n".join(shown)
+    # a password in the URL and the extra headers' values: never in the listing, nor in where a kernel runs
+    settings = PoolSettings(gateway_url="http://alice:pw-secret@gw.example:8888", gateway_token="tok-secret",
+                            gateway_headers={"Authorization": "token hdr-secret"})
+    listing = settings.class_get_help(settings)
+    assert "http://alice:***@gw.example:8888" in listing and "Current: {'Authorization': '***'}" in listing
+    assert not any(secret in listing for secret in ("pw-secret", "tok-secret", "hdr-secret"))
+    assert GatewayWorkers(settings).location == "gw.example:8888"  # KernelStats.location: the widget and the comm
+    assert settings.gateway_url == "http://alice:pw-secret@gw.example:8888"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://alice:pw@gw:8888", "http://alice:***@gw:8888"),
+    ("https://alice:p%40ss@gw/base/", "https://alice:***@gw/base/"),
+    ("http://alice@gw:8888", "http://alice@gw:8888"),
+    ("http://gw:8888/a@b", "http://gw:8888/a@b"),
+    ("not a url", "not a url"),
+])
+def test_redact_url_hides_only_the_password(url, shown):
+    assert redact_url(url) == shown
 
 
 # ---- nothing passes between sessions -------------------------------------------------------------
