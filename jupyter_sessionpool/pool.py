@@ -276,7 +276,8 @@ class AsyncKernelPool(PoolSettings):
         self._fail_ready(PoolClosed())
         while self._tasks or self._kills:
             await asyncio.wait([*self._tasks.values(), *self._kills])
-        if self._opening is not None:
+        if self._opening is not None:  # a new backend nobody will start a kernel on now
+            self._opening[1].cancel()
             await asyncio.gather(self._opening[1], return_exceptions=True)
         while self._backends:
             await self._backends.popitem()[0].close()

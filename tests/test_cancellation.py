@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from jupyter_sessionpool import AsyncKernelPool, SessionLost
+from jupyter_sessionpool import AsyncKernelPool, PoolClosed, SessionLost
 
 from poolkit import started_marker, until
 
@@ -125,3 +125,32 @@ async def test_an_on_output_that_raises_on_a_fast_cell_never_loses_the_kernel(ma
             await pool.execute("print('x')", session="a", on_output=explode)
     assert (await pool.execute("x", session="a", timeout=30)).result == "'kept'"
     assert pool.stats().counters["started"] == 1
+
+
+async def test_shutdown_while_a_new_backend_opens_cancels_it_and_leaves_nothing(make_pool):
+    """Issue 19, item 2: a start after gateway_url changed opens a new backend first; a gateway that
+    accepts connections and never answers must not hold the shutdown (nor leak the half-open backend)."""
+    connected = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # never answers; returns when the client goes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        pool = await make_pool(max_kernels=2)
+        await pool.execute("1", session="a")
+        pool.gateway_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        cell = asyncio.ensure_future(pool.execute("1", session="b"))
+        await asyncio.wait_for(connected.wait(), 30)  # the new backend is asking the gateway for its kernelspecs
+        opening = pool._opening[0]
+        t0 = time.monotonic()
+        await pool.shutdown()
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(PoolClosed):
+            await cell
+        assert opening.http is None and pool.stats().kernels == ()  # the half-open backend was closed
+    finally:
+        server.close()
+        await server.wait_closed()
