@@ -60,6 +60,25 @@ def open_notebook(page: Page, server: JupyterServer, name: str, cells: list[str]
     return current_notebook(page)
 
 
+_WORKSPACE_CURRENT = """async name => {
+    const config = JSON.parse(document.getElementById('jupyter-config-data').textContent);
+    const reply = await fetch(`${config.baseUrl}lab/api/workspaces/${config.workspace}`);
+    const layout = reply.ok ? (await reply.json()).data['layout-restorer:data'] : undefined;
+    return layout?.main?.current === `notebook:${name}`;
+}"""
+
+
+def wait_workspace_saved(page: Page, current: str) -> None:
+    """Wait until JupyterLab's saved workspace has notebook ``current`` as the current tab.
+
+    A reload restores the layout from the saved workspace, not from the URL's tree path, and
+    JupyterLab saves it a while after a change (debounced, then a PUT): reloaded before that,
+    the page came back on the previous tab. The saved workspace is on the server, which sends
+    no event, so this asks it again every 250 ms.
+    """
+    page.wait_for_function(_WORKSPACE_CURRENT, arg=current, polling=250, timeout=30_000)
+
+
 def wait_app(page: Page) -> None:
     """Wait until the app exists and has restored its layout (every plugin has activated)."""
     page.wait_for_function("() => window.jupyterapp !== undefined")

@@ -24,6 +24,7 @@ from .helpers import (
     output,
     run_cell,
     wait_kernel_idle,
+    wait_workspace_saved,
 )
 
 pytestmark = pytest.mark.browser
@@ -234,7 +235,9 @@ def test_status_follows_notebook_switches_and_reloads(page: Page, server: Jupyte
     panel = open_panel_tab(page)
     expect(row(panel, "s", "idle")).to_be_visible()
 
-    # a reloaded page finds the running pool again (through comm_info, without %load_ext)
+    # a reloaded page finds the running pool again (through comm_info, without %load_ext); the
+    # reload restores the saved workspace, so it must hold the tab switch (under load it did not yet)
+    wait_workspace_saved(page, "with_pool.ipynb")
     page.reload()
     expect(status).to_have_text("Pool 0/4 busy", timeout=60_000)
     panel = open_panel_tab(page)
