@@ -243,7 +243,7 @@ async def test_bad_token_is_a_clear_non_retryable_error(kg, workers):
 
 
 async def test_unknown_kernelspec_lists_the_gateways(workers):
-    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, python3") as info:
+    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, nosession, python3") as info:
         await workers(kernel_name="nope")
     assert not info.value.retryable
 

@@ -199,7 +199,7 @@ async def test_bad_token_and_url_are_clear_errors(kg, remote):
     with pytest.raises(KernelStartError, match="does not answer.*gateway is running") as info:
         await pool.execute("1")
     assert info.value.attempts == 2
-    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, python3"):
+    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, nosession, python3"):
         await remote(kernel_name="nope")
 
 

@@ -12,6 +12,9 @@ names the script:
 - ``hang``: busy, a ``started`` line, then nothing more until an ``interrupt_request`` on control, after
   which it ends the cell normally (interrupt_mode "message");
 - anything else: busy, execute_input, a stream with the code as its text, reply, idle.
+
+With ``--no-session`` every message carries an empty ``header.session``, as from a kernel that
+gives no identity (a gateway cannot prove it is still the same process after a reconnect).
 """
 
 import itertools
@@ -25,7 +28,8 @@ import zmq
 from jupyter_client.session import Session
 
 connection = json.load(open(sys.argv[sys.argv.index("-f") + 1]))
-session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
+session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"],
+                  **({"session": ""} if "--no-session" in sys.argv else {}))
 ctx = zmq.Context()
 
 
