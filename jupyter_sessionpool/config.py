@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from ._redact import redact_url
+
 _MAX_SESSION_LEN = 200
 
 
@@ -145,13 +147,17 @@ class PoolSettings(LoggingConfigurable):
             return ""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TraitError(f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; got {url!r}")
+            raise TraitError(
+                f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; got {redact_url(url)!r}"
+            )
         if parts.query or parts.fragment:
-            raise TraitError(f"gateway_url must be the gateway's base URL, without a query or fragment; got {url!r}")
+            raise TraitError(
+                f"gateway_url must be the gateway's base URL, without a query or fragment; got {redact_url(url)!r}"
+            )
         try:
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-        except ValueError as exc:
-            raise TraitError(f"gateway_url has a bad port ({exc}); got {url!r}") from None
+        except ValueError:  # its message may quote a raw password (http://user:pa/ss@host reads "pa" as the port)
+            raise TraitError(f"gateway_url has a bad port (a number from 0 to 65535 expected); got {redact_url(url)!r}") from None
         return url
 
     @default("log")

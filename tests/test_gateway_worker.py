@@ -271,6 +271,11 @@ def test_gateway_url_is_validated():
         with pytest.raises(TraitError, match="gateway_url"):
             PoolSettings(gateway_url=bad)
     assert PoolSettings(gateway_url=" https://gw.example.com/base/ ").gateway_url == "https://gw.example.com/base/"
+    # the error (what %config prints into a notebook) never repeats a password the URL carried
+    for bad in ("http://user:s3cret@gw:99999", "ftp://user:s3cret@gw", "http://user:s3cret@gw/?q=1", "http://user:pa/s3cret@gw"):
+        with pytest.raises(TraitError, match=r"got '[a-z]+://\*\*\*@gw") as info:
+            PoolSettings(gateway_url=bad)
+        assert "s3cret" not in str(info.value)
 
 
 def test_gateway_settings_default_from_jupyter_server_environment(monkeypatch):

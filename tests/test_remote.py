@@ -8,12 +8,15 @@ After each test no kernel of it is left on the gateway.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import psutil
 import pytest
@@ -28,6 +31,7 @@ from jupyter_sessionpool import (
     KernelStartError,
     SessionLost,
 )
+from jupyter_sessionpool.notebook import comm, widget
 from jupyter_sessionpool.workers import gateway as gateway_module
 from jupyter_sessionpool.workers.gateway import GatewayWorkers
 
@@ -300,3 +304,39 @@ def test_a_sigkilled_pools_kernels_are_culled_by_the_gateway(tmp_path):
             proc.kill()
             proc.wait()
         gw.stop()
+
+
+# ---- secrets -----------------------------------------------------------------------------------------
+
+
+async def test_gateway_credentials_never_show(kg, remote, caplog):
+    """A password in gateway_url and the gateway token appear nowhere a person (or a saved notebook)
+    sees: errors, log lines, reprs, stats and what the widget and the comm render from them."""
+    caplog.set_level(logging.DEBUG)
+    password, token = f"pw-{uuid.uuid4().hex}", f"tok-{uuid.uuid4().hex}"
+    silent = await Proxy(free_port()).start()
+    silent.stall()  # a kernel start that hangs, so its stats can be read while it is starting
+    surfaces = []
+    try:
+        pool = await remote(url=f"http://someone:{password}@127.0.0.1:{silent.port}", gateway_token=token,
+                            startup_timeout=2, start_retries=0)
+        call = asyncio.ensure_future(pool.execute("1"))
+        await wait_until(lambda: any(k.location for k in pool.stats().kernels), 10, "a starting kernel")
+        stats = pool.stats()
+        (worker,) = [s.handle for s in pool._books.slots.values()]
+        with pytest.raises(KernelStartError, match=r"http://\*\*\*@127\.0\.0\.1") as info:
+            await call
+        assert stats.kernels[0].location == f"127.0.0.1:{silent.port}"
+        surfaces += [str(info.value), repr(info.value), repr(pool), repr(pool._workers), repr(worker), str(stats),
+                     json.dumps(stats.to_dict()), json.dumps(comm.snapshot_message(stats)),
+                     *(widget._row_html(k, widget._columns(stats), time.time()) for k in stats.kernels)]
+        # a real gateway that refuses the URL's credentials: its answer is shown, never the secrets
+        with pytest.raises(KernelStartError, match="HTTP 401") as info:
+            await remote(url=f"http://someone:{password}@127.0.0.1:{kg.port}", gateway_token=token)
+        surfaces += [str(info.value), repr(info.value)]
+    finally:
+        await silent.close()
+    surfaces.append(caplog.text)
+    assert "cannot check kernel" in caplog.text and "failed to start" in caplog.text
+    for surface in surfaces:
+        assert password not in surface and token not in surface, surface

@@ -38,6 +38,7 @@ from jupyter_client import protocol_version
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClosedError, WebSocketClientConnection, websocket_connect
 
+from .._redact import redact, redact_url
 from ..errors import KernelStartError, ProtocolError
 from .base import KernelExited, KernelWorker, Message, Request, Router, Workers
 
@@ -135,17 +136,23 @@ def _message(header: dict, parent: dict, metadata: dict, content: dict, buffers:
 
 
 class GatewayWorkers(Workers):
-    """Makes one pool's gateway workers; owns the HTTP client, the gateway's address and headers."""
+    """Makes one pool's gateway workers; owns the HTTP client, the gateway's address and headers.
+
+    What a person sees of the gateway's URL is ``display_url``, without its credentials.
+    """
 
     def __init__(self, settings: PoolSettings) -> None:
         super().__init__(settings)  # kernel_name, env and cwd are read at each start, like the local workers
         self.log = settings.log
         self.url = settings.gateway_url.rstrip("/")
+        self.display_url = redact_url(self.url)
         self.ws_url = "ws" + self.url[len("http") :]
-        self.location = urlsplit(self.url).netloc.rpartition("@")[2]
+        parts = urlsplit(self.url)
+        self.location = parts.netloc.rpartition("@")[2]
         self.headers = {str(k): str(v) for k, v in settings.gateway_headers.items()}
         if settings.gateway_token and not any(k.lower() == "authorization" for k in self.headers):
             self.headers["Authorization"] = f"token {settings.gateway_token}"
+        self.secrets = (settings.gateway_token, parts.password, parts.username)  # never shown; see said()
         self._tls: dict[str, Any] = {"validate_cert": settings.gateway_validate_cert, "ca_certs": settings.gateway_ca_certs}
         self.http: AsyncHTTPClient | None = None
         self._spec_checked: str | None = None  # the kernel_name the gateway was found to have
@@ -154,6 +161,10 @@ class GatewayWorkers(Workers):
     @property
     def kernel_name(self) -> str:
         return self.settings.kernel_name
+
+    def said(self, text: str) -> str:
+        """``text`` (the gateway's answer, an error) fit to show: the token and URL credentials masked."""
+        return redact(text, self.secrets)
 
     def start_body(self) -> dict[str, Any]:
         """The POST /api/kernels body: the kernelspec and the kernels' environment (EG reads KERNEL_* there)."""
@@ -183,14 +194,14 @@ class GatewayWorkers(Workers):
         try:
             return await self.http.fetch(self.request(path, method, body, timeout), raise_error=False)
         except HTTPClientError as exc:  # 599: timed out or the connection dropped mid-request
-            raise _Unreachable(str(exc)) from None
+            raise _Unreachable(self.said(str(exc))) from None
         except (OSError, asyncio.TimeoutError) as exc:  # refused, reset, DNS, TLS
-            raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
+            raise _Unreachable(self.said(f"{type(exc).__name__}: {exc}")) from None
 
     def refused(self, response: HTTPResponse, doing: str) -> KernelStartError:
         """The KernelStartError for a gateway that answered ``doing`` with an error status (its words in it)."""
-        said = _gateway_message(response)[:500]
-        answer = f"the gateway at {self.url} answered HTTP {response.code} when {doing}: {said}"
+        said = self.said(_gateway_message(response))[:500]
+        answer = f"the gateway at {self.display_url} answered HTTP {response.code} when {doing}: {said}"
         if response.code == 401:
             return KernelStartError(self.kernel_name, answer, hint=_TOKEN_HINT, retryable=False)
         if response.code == 403:  # a limit (per user, max kernels) or a user rule: retrying only hammers it
@@ -208,7 +219,7 @@ class GatewayWorkers(Workers):
 
     def unreachable(self, exc: BaseException) -> KernelStartError:
         return KernelStartError(
-            self.kernel_name, f"the gateway at {self.url} does not answer ({exc})", hint=_GATEWAY_HINT
+            self.kernel_name, f"the gateway at {self.display_url} does not answer ({exc})", hint=_GATEWAY_HINT
         )
 
     async def open(self) -> None:
@@ -242,14 +253,14 @@ class GatewayWorkers(Workers):
         except (ValueError, AttributeError):
             raise KernelStartError(
                 self.kernel_name,
-                f"{self.url} answered /api/kernelspecs with something other than a kernelspec list",
+                f"{self.display_url} answered /api/kernelspecs with something other than a kernelspec list",
                 hint="check gateway_url: it must point at a Jupyter Kernel Gateway or Enterprise Gateway",
                 retryable=False,
             ) from None
         if self.kernel_name not in specs:
             raise KernelStartError(
                 self.kernel_name,
-                f"the gateway at {self.url} has no kernelspec {self.kernel_name!r}; it has: "
+                f"the gateway at {self.display_url} has no kernelspec {self.kernel_name!r}; it has: "
                 + (", ".join(sorted(specs)) or "none"),
                 hint="set kernel_name to one of the gateway's kernelspecs",
                 retryable=False,
@@ -266,6 +277,9 @@ class GatewayWorkers(Workers):
         if self.http is not None:
             self.http.close()
             self.http = None
+
+    def __repr__(self) -> str:
+        return f"<GatewayWorkers {self.display_url}>"
 
 
 _GATEWAY_HINT = "check that the gateway is running and gateway_url is right; the pool retries with back-off"
@@ -304,6 +318,10 @@ class GatewayWorker(KernelWorker):
     def evidence(self) -> str:
         return self._evidence
 
+    def __repr__(self) -> str:
+        state = "exited" if self.exited.done() else self.router.execution_state or "starting"
+        return f"<GatewayWorker kernel={self.kernel_id!r} remote={self.remote_id!r} on {self.location} {state}>"
+
     # ---- start ------------------------------------------------------------------------
 
     async def start(self, timeout: float) -> None:
@@ -329,7 +347,7 @@ class GatewayWorker(KernelWorker):
             elif isinstance(exc, TimeoutError):
                 reason = str(exc)
             else:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = self._gw.said(f"{type(exc).__name__}: {exc}")
             raise KernelStartError(self._gw.kernel_name, reason, hint=_GATEWAY_HINT) from exc
         self._started = True
         self._log.info("kernel %s started on %s as %s", self.kernel_id, self.location, self.remote_id)
@@ -339,7 +357,7 @@ class GatewayWorker(KernelWorker):
             response = await self._gw.fetch("/api/kernels", "POST", self._gw.start_body(), timeout=max(0.1, deadline - time.monotonic()))
         except _Unreachable as exc:
             raise self._gw.unreachable(exc) from None
-        self._evidence = _gateway_message(response)
+        self._evidence = self._gw.said(_gateway_message(response))
         if response.code not in (200, 201):
             raise self._gw.refused(response, "starting a kernel")
         self.remote_id = json.loads(response.body)["id"]
@@ -358,7 +376,7 @@ class GatewayWorker(KernelWorker):
                 if await self._kernel_state() == "gone":
                     raise KernelStartError(
                         self._gw.kernel_name,
-                        f"the kernel exited during start-up: the gateway at {self._gw.url} no longer has it",
+                        f"the kernel exited during start-up: the gateway at {self._gw.display_url} no longer has it",
                         hint="its stderr is in the gateway's log; try the kernelspec on the gateway's host",
                     )
             connect.result()
@@ -373,7 +391,7 @@ class GatewayWorker(KernelWorker):
             self._evidence = str(exc)
             return "unknown"
         if response.code != 200:
-            self._evidence = f"HTTP {response.code}: {_gateway_message(response)}"
+            self._evidence = f"HTTP {response.code}: {self._gw.said(_gateway_message(response))}"
         return {200: "there", 404: "gone"}.get(response.code, "unknown")
 
     async def _connect(self, deadline: float) -> None:
@@ -405,7 +423,7 @@ class GatewayWorker(KernelWorker):
             if exc.code in (401, 403):
                 raise KernelStartError(
                     self._gw.kernel_name,
-                    f"the gateway at {self._gw.url} refused our websocket (HTTP {exc.code})",
+                    f"the gateway at {self._gw.display_url} refused our websocket (HTTP {exc.code})",
                     hint=_TOKEN_HINT,
                     retryable=False,
                 ) from None
@@ -525,14 +543,14 @@ class GatewayWorker(KernelWorker):
                 try:
                     await self._connect(time.monotonic() + _REQUEST_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - any failure to reconnect is retried
-                    self._evidence = f"{type(exc).__name__}: {exc}"
+                    self._evidence = self._gw.said(f"{type(exc).__name__}: {exc}")
                 if self._ws is not None:
                     self._log.info("kernel %s: websocket reconnected", self.kernel_id)
                     if any(conn <= before for conn in self._unanswered.values()):
                         asyncio.ensure_future(self._find_lost_replies(before))
                     return
             if time.monotonic() >= deadline:
-                self._lost(f"lost the connection to the gateway at {self._gw.url} for {_RECONNECT_FOR:g} s ({self._evidence})")
+                self._lost(f"lost the connection to the gateway at {self._gw.display_url} for {_RECONNECT_FOR:g} s ({self._evidence})")
                 return
             await asyncio.sleep(next(delays))
 
@@ -582,7 +600,8 @@ class GatewayWorker(KernelWorker):
         if response.code == 404:
             self._lost("the gateway no longer has the kernel (it died or was culled)")
         elif response.code >= 300:
-            self._log.warning("gateway refused to interrupt kernel %s: HTTP %s %s", self.kernel_id, response.code, _gateway_message(response))
+            self._log.warning("gateway refused to interrupt kernel %s: HTTP %s %s",
+                              self.kernel_id, response.code, self._gw.said(_gateway_message(response)))
 
     def kill(self) -> None:
         if self.remote_id is not None and self._stop_task is None:  # a DELETE needs a loop: the culler must do it
@@ -624,7 +643,8 @@ class GatewayWorker(KernelWorker):
                     self._log.info("kernel %s deleted on %s", self.kernel_id, self.location)
                     return
                 # 5xx: e.g. the gateway is restarting the kernel right now (it answers 500 then)
-                problem, retry = f"HTTP {response.code}: {_gateway_message(response)}", response.code >= 500
+                problem = f"HTTP {response.code}: {self._gw.said(_gateway_message(response))}"
+                retry = response.code >= 500
             if not retry or time.monotonic() >= give_up:
                 self._log.warning(
                     "could not delete kernel %s (%s) on %s: %s; the gateway's culler must reclaim it",
