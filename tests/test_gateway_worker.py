@@ -301,3 +301,57 @@ async def test_round_trips_do_not_wait_for_delayed_acks(workers):
     # a delayed ACK costs every round trip >= 40 ms, so even the fastest of 25 would show it;
     # load only slows some of them
     assert min(samples) < 0.030, f"fastest round trip {min(samples) * 1000:.1f} ms, median {statistics.median(samples) * 1000:.1f} ms"
+
+
+# ---- a gateway that accepts connections and does not answer: every REST call is bounded --------------
+
+
+async def test_a_gateway_that_never_answers_is_bounded_by_startup_timeout(workers, caplog):
+    caplog.set_level(logging.WARNING, "jupyter_sessionpool")
+    silent = await Proxy(free_port()).start()
+    silent.stall()  # accepts every connection, answers none
+    try:
+        t0 = time.monotonic()
+        ws = await workers(url=silent.url, startup_timeout=1)
+        assert time.monotonic() - t0 < 5, "open() waited for a gateway that never answers"
+        assert any("cannot check kernel" in r.message for r in caplog.records)
+        t0 = time.monotonic()
+        with pytest.raises(KernelStartError, match="does not answer") as info:
+            await ws.new("k").start(1)
+        assert time.monotonic() - t0 < 5 and info.value.retryable
+    finally:
+        await silent.close()
+
+
+async def test_interrupt_and_stop_are_bounded_when_the_gateway_stops_answering(kg, proxy, workers, caplog):
+    caplog.set_level(logging.WARNING, "jupyter_sessionpool")
+    ws = await workers(url=proxy.url, interrupt_timeout=1)
+    worker = await started(ws)
+    proxy.stall()  # the websocket stays up; every new REST call hangs
+    t0 = time.monotonic()
+    await worker.interrupt()
+    assert time.monotonic() - t0 < 4, f"interrupt took {time.monotonic() - t0:.1f} s with interrupt_timeout=1"
+    t0 = time.monotonic()
+    await worker.stop(1)
+    assert time.monotonic() - t0 < 4, f"stop(1) took {time.monotonic() - t0:.1f} s"
+    assert any("could not delete" in r.message for r in caplog.records)
+    assert worker.remote_id in [k["id"] for k in kg.kernels()]  # the DELETE never reached the gateway
+    await asyncio.to_thread(kg.call, f"/api/kernels/{worker.remote_id}", "DELETE")
+
+
+async def test_late_answers_do_not_hold_up_interrupt_or_stop(kg, proxy, workers):
+    ws = await workers(url=proxy.url, interrupt_timeout=1)
+    worker = await started(ws)
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('go', flush=True); import time; time.sleep(60)", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    proxy.slow(60)  # requests reach the gateway; its answers come a minute late
+    t0 = time.monotonic()
+    await worker.interrupt()
+    assert time.monotonic() - t0 < 4
+    reply, _ = await asyncio.wait_for(cell, 30)
+    assert reply["ename"] == "KeyboardInterrupt"  # the interrupt itself went through
+    t0 = time.monotonic()
+    await worker.stop(1)
+    assert time.monotonic() - t0 < 4
+    await wait_until(lambda: kg.kernels() == [], 10, "the DELETE to reach the gateway")

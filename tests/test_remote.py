@@ -306,6 +306,34 @@ def test_a_sigkilled_pools_kernels_are_culled_by_the_gateway(tmp_path):
         gw.stop()
 
 
+# ---- a gateway that accepts connections and stops answering ------------------------------------------
+
+
+async def test_a_gateway_that_stops_answering_bounds_interrupt_and_shutdown(kg, remote, caplog):
+    """With every REST call at a fixed 30 s, ``timeout=1, interrupt_timeout=1`` took 32 s and
+    ``shutdown(shutdown_timeout=2)`` 30 s; each call is now bounded by the timeout that governs it."""
+    caplog.set_level(logging.WARNING, "jupyter_sessionpool")
+    proxy = await Proxy(kg.port).start()
+    try:
+        pool = await remote(url=proxy.url, interrupt_timeout=1, shutdown_timeout=2)
+        await pool.execute("x = 1", session="a")
+        proxy.stall()  # new connections are accepted and never answered; the websocket goes on
+        t0 = time.monotonic()
+        with pytest.raises(ExecutionTimeout) as info:
+            await pool.execute("import time; time.sleep(30)", session="a", timeout=1)
+        assert time.monotonic() - t0 < 10, f"the timed-out cell took {time.monotonic() - t0:.1f} s"
+        assert info.value.restarted  # the interrupt never reached the kernel
+        t0 = time.monotonic()
+        await pool.shutdown()
+        assert time.monotonic() - t0 < 8, f"shutdown took {time.monotonic() - t0:.1f} s"
+        assert any("could not interrupt" in r.message for r in caplog.records)
+        assert any("could not delete" in r.message for r in caplog.records)
+    finally:
+        await proxy.close()
+        for kernel in kg.kernels():  # the DELETE never reached the gateway: the test cleans up
+            await asyncio.to_thread(kg.call, f"/api/kernels/{kernel['id']}", "DELETE")
+
+
 # ---- secrets -----------------------------------------------------------------------------------------
 
 

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12) if sys.platform.startswith("linux") else None
-_CONNECT_TIMEOUT = 10.0  # seconds for a TCP (+TLS) connection to the gateway
-_REQUEST_TIMEOUT = 30.0  # seconds for a REST call that does not wait on a kernel
+_CONNECT_TIMEOUT = 10.0  # seconds at most for a TCP (+TLS) connection to the gateway, within the call's own bound
+_MIN_CALL = 1.0  # seconds a REST call gets when its budget is spent (an abandoned kernel's DELETE still gets one try)
 _MAX_FRAME = 1 << 30  # tornado's default (10 MiB) would cut the connection on one big output
 _PING_INTERVAL = 15.0  # websocket pings: a silent network cut closes the socket instead of hanging it
 _RECONNECT_FOR = 10.0  # seconds to keep trying to reopen a dropped websocket before giving the kernel up
@@ -67,6 +67,11 @@ def _backoff() -> Any:
     while True:
         yield delay
         delay = min(_BACKOFF_MAX, delay * 2)
+
+
+def _budget(deadline: float) -> float:
+    """Seconds a REST call may take to end by ``deadline`` (at least ``_MIN_CALL``)."""
+    return max(deadline - time.monotonic(), _MIN_CALL)
 
 
 def _gateway_message(response: HTTPResponse) -> str:
@@ -138,7 +143,9 @@ def _message(header: dict, parent: dict, metadata: dict, content: dict, buffers:
 class GatewayWorkers(Workers):
     """Makes one pool's gateway workers; owns the HTTP client, the gateway's address and headers.
 
-    What a person sees of the gateway's URL is ``display_url``, without its credentials.
+    The pool's timeouts (``startup_timeout``, ``interrupt_timeout``, ``shutdown_timeout``) are
+    read from ``settings`` when a call is made; what a person sees of the gateway's URL is
+    ``display_url``, without its credentials.
     """
 
     def __init__(self, settings: PoolSettings) -> None:
@@ -173,8 +180,8 @@ class GatewayWorkers(Workers):
             env.setdefault("KERNEL_WORKING_DIR", self.settings.cwd)  # honoured where the gateway allows it
         return {"name": self.kernel_name, "env": env}
 
-    def request(self, path: str, method: str = "GET", body: Any = None, timeout: float = _REQUEST_TIMEOUT) -> HTTPRequest:
-        """An HTTP (or websocket handshake) request to the gateway, with our headers and TLS settings."""
+    def request(self, path: str, timeout: float, method: str = "GET", body: Any = None) -> HTTPRequest:
+        """An HTTP (or websocket handshake) request to the gateway taking at most ``timeout`` s, with our headers."""
         if method == "POST" and body is None:
             body = {}
         return HTTPRequest(
@@ -187,12 +194,12 @@ class GatewayWorkers(Workers):
             **self._tls,
         )
 
-    async def fetch(self, path: str, method: str = "GET", body: Any = None, timeout: float = _REQUEST_TIMEOUT) -> HTTPResponse:
-        """Send one REST call; any HTTP status is returned, no answer at all raises _Unreachable."""
+    async def fetch(self, path: str, timeout: float, method: str = "GET", body: Any = None) -> HTTPResponse:
+        """Send one REST call bounded by ``timeout`` s; any HTTP status is returned, no answer in time raises _Unreachable."""
         if self.http is None:
             raise _Unreachable("the pool's gateway client is closed")
         try:
-            return await self.http.fetch(self.request(path, method, body, timeout), raise_error=False)
+            return await self.http.fetch(self.request(path, timeout, method, body), raise_error=False)
         except HTTPClientError as exc:  # 599: timed out or the connection dropped mid-request
             raise _Unreachable(self.said(str(exc))) from None
         except (OSError, asyncio.TimeoutError) as exc:  # refused, reset, DNS, TLS
@@ -223,7 +230,7 @@ class GatewayWorkers(Workers):
         )
 
     async def open(self) -> None:
-        """Make the HTTP client and check ``kernel_name`` against the gateway's kernelspecs.
+        """Make the HTTP client and check ``kernel_name`` against the gateway's kernelspecs (within ``startup_timeout``).
 
         A gateway that does not answer yet is only a warning here: the check runs again
         before each start, whose failures the pool retries.
@@ -231,19 +238,19 @@ class GatewayWorkers(Workers):
         if self.http is None:
             self.http = AsyncHTTPClient(force_instance=True, max_clients=64)
         try:
-            await self.check_kernelspec()
+            await self.check_kernelspec(time.monotonic() + self.settings.startup_timeout)
         except KernelStartError as exc:
             if exc.retryable:
                 self.log.warning("cannot check kernel %r on the gateway yet: %s", self.kernel_name, exc.reason)
             else:
                 raise
 
-    async def check_kernelspec(self) -> None:
-        """Raise KernelStartError unless the gateway has a kernelspec named ``kernel_name`` (once per pool)."""
+    async def check_kernelspec(self, deadline: float) -> None:
+        """Raise KernelStartError unless the gateway has a kernelspec named ``kernel_name`` (asked once per pool)."""
         if self._spec_checked == self.kernel_name:
             return
         try:
-            response = await self.fetch("/api/kernelspecs")
+            response = await self.fetch("/api/kernelspecs", _budget(deadline))
         except _Unreachable as exc:
             raise self.unreachable(exc) from None
         if response.code != 200:
@@ -328,7 +335,7 @@ class GatewayWorker(KernelWorker):
         deadline = time.monotonic() + timeout
         creating = None
         try:
-            await self._gw.check_kernelspec()
+            await self._gw.check_kernelspec(deadline)
             creating = asyncio.ensure_future(self._create(deadline))
             await asyncio.shield(creating)  # a cancel must not lose the id of a kernel the POST made
             await self._connect_while_alive(deadline)
@@ -336,10 +343,10 @@ class GatewayWorker(KernelWorker):
         except asyncio.CancelledError:
             if creating is not None:
                 await asyncio.gather(creating, return_exceptions=True)
-            await self.stop(timeout, now=True)
+            await self.stop(self._gw.settings.shutdown_timeout, now=True)
             raise
         except Exception as exc:
-            await self.stop(timeout, now=True)
+            await self.stop(self._gw.settings.shutdown_timeout, now=True)
             if isinstance(exc, KernelStartError):
                 raise
             if isinstance(exc, KernelExited):
@@ -354,7 +361,7 @@ class GatewayWorker(KernelWorker):
 
     async def _create(self, deadline: float) -> None:
         try:
-            response = await self._gw.fetch("/api/kernels", "POST", self._gw.start_body(), timeout=max(0.1, deadline - time.monotonic()))
+            response = await self._gw.fetch("/api/kernels", _budget(deadline), "POST", self._gw.start_body())
         except _Unreachable as exc:
             raise self._gw.unreachable(exc) from None
         self._evidence = self._gw.said(_gateway_message(response))
@@ -373,7 +380,7 @@ class GatewayWorker(KernelWorker):
                     break
                 if time.monotonic() >= deadline:
                     raise TimeoutError("the gateway did not connect us to the kernel within the startup timeout")
-                if await self._kernel_state() == "gone":
+                if await self._kernel_state(deadline) == "gone":
                     raise KernelStartError(
                         self._gw.kernel_name,
                         f"the kernel exited during start-up: the gateway at {self._gw.display_url} no longer has it",
@@ -383,10 +390,10 @@ class GatewayWorker(KernelWorker):
         finally:
             connect.cancel()
 
-    async def _kernel_state(self) -> str:
-        """``gone`` (404), ``there`` (200), or ``unknown`` (no answer, or any other status)."""
+    async def _kernel_state(self, deadline: float) -> str:
+        """``gone`` (404), ``there`` (200), or ``unknown`` (no answer by ``deadline``, or any other status)."""
         try:
-            response = await self._gw.fetch(f"/api/kernels/{quote(self.remote_id)}")
+            response = await self._gw.fetch(f"/api/kernels/{quote(self.remote_id)}", _budget(deadline))
         except _Unreachable as exc:
             self._evidence = str(exc)
             return "unknown"
@@ -396,7 +403,7 @@ class GatewayWorker(KernelWorker):
 
     async def _connect(self, deadline: float) -> None:
         path = f"/api/kernels/{quote(self.remote_id)}/channels?session_id={self._session_id}"
-        request = self._gw.request(path, timeout=max(0.1, deadline - time.monotonic()))
+        request = self._gw.request(path, _budget(deadline))
         request.url = self._gw.ws_url + path
         token = object()  # frames of a socket that is no longer ours are ignored
         early: list[str | bytes | None] | None = []  # frames before we took the socket (a replay can come at once)
@@ -535,13 +542,13 @@ class GatewayWorker(KernelWorker):
         before = self._connection
         delays = _backoff()
         while not self.exited.done():
-            state = await self._kernel_state()
+            state = await self._kernel_state(deadline)
             if state == "gone":
                 self._lost("the gateway no longer has the kernel (it died or was culled)")
                 return
             if state == "there":
                 try:
-                    await self._connect(time.monotonic() + _REQUEST_TIMEOUT)
+                    await self._connect(deadline)
                 except Exception as exc:  # noqa: BLE001 - any failure to reconnect is retried
                     self._evidence = self._gw.said(f"{type(exc).__name__}: {exc}")
                 if self._ws is not None:
@@ -589,11 +596,13 @@ class GatewayWorker(KernelWorker):
     # ---- control --------------------------------------------------------------------------
 
     async def interrupt(self) -> None:
-        """POST .../interrupt; a gateway that cannot be reached is logged, not raised (the cell's wait decides)."""
+        """POST .../interrupt, bounded by ``interrupt_timeout``; a gateway that does not answer in time is logged,
+        not raised (the cell's wait decides)."""
         if not self.alive or self.remote_id is None:
             return
         try:
-            response = await self._gw.fetch(f"/api/kernels/{quote(self.remote_id)}/interrupt", "POST")
+            response = await self._gw.fetch(f"/api/kernels/{quote(self.remote_id)}/interrupt",
+                                            self._gw.settings.interrupt_timeout, "POST")
         except _Unreachable as exc:
             self._log.warning("could not interrupt kernel %s: the gateway does not answer (%s)", self.kernel_id, exc)
             return
@@ -611,8 +620,9 @@ class GatewayWorker(KernelWorker):
     async def stop(self, timeout: float, now: bool = False) -> None:
         """Close the websocket and DELETE the kernel (the gateway shuts it down, then kills it).
 
-        ``now`` changes nothing: the gateway decides how to end it. A DELETE that fails
-        (the gateway unreachable, or busy restarting the kernel) is retried for ``timeout`` s.
+        ``now`` changes nothing: the gateway decides how to end it. The DELETE, retried while
+        it fails (the gateway unreachable, or busy restarting the kernel), is given ``timeout``
+        s in all (at least one try of ``_MIN_CALL`` s).
         """
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop(timeout))
@@ -635,7 +645,7 @@ class GatewayWorker(KernelWorker):
         path = f"/api/kernels/{quote(self.remote_id)}"
         while True:
             try:
-                response = await self._gw.fetch(path, "DELETE")
+                response = await self._gw.fetch(path, _budget(give_up), "DELETE")
             except _Unreachable as exc:
                 problem, retry = str(exc), True
             else:
@@ -645,10 +655,11 @@ class GatewayWorker(KernelWorker):
                 # 5xx: e.g. the gateway is restarting the kernel right now (it answers 500 then)
                 problem = f"HTTP {response.code}: {self._gw.said(_gateway_message(response))}"
                 retry = response.code >= 500
-            if not retry or time.monotonic() >= give_up:
+            delay = next(delays)
+            if not retry or time.monotonic() + delay >= give_up:
                 self._log.warning(
                     "could not delete kernel %s (%s) on %s: %s; the gateway's culler must reclaim it",
                     self.kernel_id, self.remote_id, self.location, problem,
                 )
                 return
-            await asyncio.sleep(next(delays))
+            await asyncio.sleep(delay)
