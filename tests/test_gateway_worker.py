@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import statistics
+import struct
 import sys
 import time
 
@@ -301,6 +302,107 @@ async def test_round_trips_do_not_wait_for_delayed_acks(workers):
     # a delayed ACK costs every round trip >= 40 ms, so even the fastest of 25 would show it;
     # load only slows some of them
     assert min(samples) < 0.030, f"fastest round trip {min(samples) * 1000:.1f} ms, median {statistics.median(samples) * 1000:.1f} ms"
+
+
+# ---- malformed frames: the request's ProtocolError, never an exception in tornado's callback ------------
+
+
+def v1_frame(channel="iopub", header=None, parent=None, metadata=None, content=None) -> bytes:
+    """A v1 frame of arbitrary JSON parts (encode_v1 dumps whatever each part is)."""
+    header = {"msg_id": "m", "msg_type": "stream", "session": "s"} if header is None else header
+    return gateway_module.encode_v1(channel, {"header": header, "parent_header": {} if parent is None else parent,
+                                              "metadata": {} if metadata is None else metadata,
+                                              "content": {"name": "stdout", "text": "x"} if content is None else content})
+
+
+def bad_offsets(frame: bytes) -> bytes:
+    """The frame with its third offset pointing before the second."""
+    count = struct.unpack_from("<Q", frame)[0]
+    offsets = list(struct.unpack_from(f"<{count}Q", frame, 8))
+    offsets[2] = offsets[1] - 1
+    return struct.pack(f"<{count + 1}Q", count, *offsets) + frame[8 * (count + 1):]
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem", "parent"),
+    [
+        (v1_frame(parent=["not", "a", "dict"]), "parent_header is list", None),
+        (v1_frame(header=["x"], parent={"msg_id": "p1"}), "header is list", "p1"),
+        (v1_frame(content=[1, 2], parent={"msg_id": "p2"}), "content is list", "p2"),
+        (v1_frame(metadata="meta", parent={"msg_id": "p3"}), "metadata is str", "p3"),
+        (v1_frame(header={"msg_type": "stream"}), "no msg_id", None),
+        (v1_frame(channel="nowhere"), "unknown channel 'nowhere'", None),
+        (bad_offsets(v1_frame()), "bad offsets", None),
+        (struct.pack("<Q", 1 << 40) + b"\0" * 40, "cannot hold", None),
+        (b"\x01\x00", "too short", None),
+        (v1_frame()[:-5], "bad offsets", None),
+    ],
+    ids=["parent-list", "header-list", "content-list", "metadata-str", "no-msg-id", "channel", "offsets",
+         "huge-count", "short", "truncated"],
+)
+def test_malformed_v1_frames_name_the_problem_and_the_request(frame, problem, parent):
+    with pytest.raises(gateway_module.MalformedFrame, match=problem) as info:
+        gateway_module.decode_v1(frame)
+    assert info.value.parent == parent
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [("not json", "no JSON object"), ("[1, 2]", "no JSON object"),
+     ('{"channel": "iopub", "header": {"msg_id": "m", "msg_type": "x"}, "parent_header": [], "content": {}}',
+      "parent_header is list"),
+     ('{"channel": "shell", "header": {"msg_id": "m", "msg_type": "x"}, "content": null}', "content is NoneType"),
+     (b"\x00\x00\x00\x09", "too short")],
+)
+def test_malformed_json_frames_name_the_problem(frame, problem):
+    with pytest.raises(gateway_module.MalformedFrame, match=problem):
+        gateway_module.decode_json(frame)
+
+
+async def test_a_malformed_frame_fails_the_open_requests_and_the_socket_stays_up(proxy, workers, caplog):
+    """The issue's case: a parent_header that is a list, which names no request: every open request
+    fails with ProtocolError, as for a local kernel; the connection is neither dropped nor reopened."""
+    caplog.set_level(logging.WARNING)
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('go', flush=True); import time; time.sleep(2)", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    proxy.inject(v1_frame(parent=["not", "a", "dict"]))
+    with pytest.raises(ProtocolError, match="malformed message .*parent_header is list"):
+        await asyncio.wait_for(cell, 30)
+    assert worker._connection == 1 and worker.alive
+    assert (await run(worker, "6 * 7"))[1] == "42"
+    assert not [r for r in caplog.records if r.name.startswith("tornado")], "an exception reached tornado"
+    assert any("sent a malformed message" in r.message for r in caplog.records)
+
+
+async def test_a_malformed_answer_fails_only_its_own_request(proxy, workers):
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('go', flush=True); import time; time.sleep(2)", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    other = worker.router.open("someone-else")
+    proxy.inject(v1_frame(parent={"msg_id": next(iter(worker._unanswered))}, content=[1, 2]))
+    with pytest.raises(ProtocolError, match="content is list"):
+        await asyncio.wait_for(cell, 30)
+    assert other._error is None
+    other.close()
+    assert worker._connection == 1 and worker.alive
+
+
+async def test_a_malformed_legacy_frame_fails_the_open_requests(proxy, workers, monkeypatch):
+    monkeypatch.setattr(gateway_module, "V1_PROTOCOL", "not-offered.example")
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    request = worker.request("kernel_info_request", {})  # open until it is closed: the injected frame fails it
+    proxy.inject("this is no JSON")
+    with pytest.raises(ProtocolError, match="no JSON object"):
+        while (await request.next(time.monotonic() + 30)) is not None:
+            pass
+    request.close()
+    assert worker._connection == 1 and worker.alive
 
 
 # ---- a gateway that accepts connections and does not answer: every REST call is bounded --------------

@@ -55,11 +55,20 @@ _RECONNECT_FOR = 10.0  # seconds to keep trying to reopen a dropped websocket be
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 2.0
 _START_POLL = 1.0  # during start-up, how often to ask whether the gateway still has the kernel
 _EVIDENCE_CHARS = 4000
+_CHANNELS = frozenset({"shell", "control", "iopub", "stdin"})
 _TOKEN_HINT = "set gateway_token (or JUPYTER_GATEWAY_AUTH_TOKEN) to the gateway's auth token"
 
 
 class _Unreachable(Exception):
     """The gateway did not answer at all (refused, reset, timed out, TLS failure)."""
+
+
+class MalformedFrame(ValueError):
+    """A websocket frame that is no well-formed Jupyter message; ``parent`` is the msg_id it answers, if readable."""
+
+    def __init__(self, problem: str, parent: str | None = None) -> None:
+        super().__init__(problem)
+        self.parent = parent
 
 
 def _backoff() -> Any:
@@ -103,37 +112,75 @@ def encode_v1(channel: str, msg: Message) -> bytes:
 
 
 def decode_v1(frame: bytes) -> tuple[str, Message]:
-    """The (channel, message) in a v1 frame; binary buffers land in ``buffers``."""
-    (count,) = struct.unpack_from("<Q", frame)
-    offsets = struct.unpack_from(f"<{count}Q", frame, 8)
+    """The (channel, message) in a v1 frame; binary buffers land in ``buffers``. Raises MalformedFrame."""
+    try:
+        (count,) = struct.unpack_from("<Q", frame)
+        if count < 6 or 8 * (count + 1) > len(frame):  # channel + 4 JSON parts need 6 offsets
+            raise MalformedFrame(f"a v1 frame of {len(frame)} bytes cannot hold {count} offsets")
+        offsets = struct.unpack_from(f"<{count}Q", frame, 8)
+    except struct.error as exc:
+        raise MalformedFrame(f"a v1 frame too short for its offsets ({exc})") from None
+    if offsets[0] != 8 * (count + 1) or offsets[-1] > len(frame) or any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise MalformedFrame(f"a v1 frame of {len(frame)} bytes with bad offsets {list(offsets[:8])}")
     parts = [frame[a:b] for a, b in zip(offsets, offsets[1:])]
-    if len(parts) < 5:
-        raise ValueError(f"a v1 frame needs at least 5 parts, this one has {len(parts)}")
-    header, parent, metadata, content = (json.loads(p) if p else {} for p in parts[1:5])
-    return parts[0].decode(), _message(header, parent, metadata, content, parts[5:])
+    try:
+        channel: Any = parts[0].decode()
+    except UnicodeDecodeError:
+        channel = parts[0]
+    return _message(channel, [_json(part) for part in parts[1:5]], parts[5:])
 
 
 def decode_json(frame: str | bytes) -> tuple[str, Message]:
     """The (channel, message) in a legacy frame: JSON text, or binary with uint32 BE offsets and buffers."""
     buffers: list[bytes] = []
     if isinstance(frame, bytes):
-        (count,) = struct.unpack_from("!I", frame)
-        offsets = [*struct.unpack_from(f"!{count}I", frame, 4), len(frame)]
+        try:
+            (count,) = struct.unpack_from("!I", frame)
+            offsets = [*struct.unpack_from(f"!{count}I", frame, 4), len(frame)]
+        except struct.error as exc:
+            raise MalformedFrame(f"a binary frame too short for its offsets ({exc})") from None
+        if any(b < a for a, b in zip(offsets, offsets[1:])):
+            raise MalformedFrame(f"a binary frame of {len(frame)} bytes with bad offsets {offsets[:8]}")
         frame, *buffers = (frame[a:b] for a, b in zip(offsets, offsets[1:]))
-    raw = json.loads(frame)
-    msg = _message(raw["header"], raw.get("parent_header") or {}, raw.get("metadata") or {}, raw["content"], buffers)
-    return raw["channel"], msg
+    raw = _json(frame)
+    if not isinstance(raw, dict):
+        raise MalformedFrame(f"a frame that is no JSON object ({raw if isinstance(raw, ValueError) else type(raw).__name__})")
+    parts = [raw.get("header"), *({} if raw.get(key) is None else raw[key] for key in ("parent_header", "metadata")),
+             raw.get("content")]
+    return _message(raw.get("channel"), parts, buffers)
 
 
-def _message(header: dict, parent: dict, metadata: dict, content: dict, buffers: list[bytes]) -> Message:
-    return {
+def _json(part: str | bytes) -> Any:
+    """A JSON part decoded (an empty part is ``{}``), or the ValueError that decoding it raised."""
+    try:
+        return json.loads(part) if part else {}
+    except ValueError as exc:  # UnicodeDecodeError included
+        return exc
+
+
+def _message(channel: Any, parts: list[Any], buffers: list[bytes]) -> tuple[str, Message]:
+    """The (channel, message) from its decoded header, parent_header, metadata and content, or MalformedFrame
+    naming every problem and, when the parent header is readable, the request the message answers."""
+    header, parent, metadata, content = parts
+    parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
+    problems = [] if channel in _CHANNELS else [f"unknown channel {channel!r}"]
+    for name, value in zip(("header", "parent_header", "metadata", "content"), parts):
+        if isinstance(value, ValueError):
+            problems.append(f"its {name} is not JSON ({value})")
+        elif not isinstance(value, dict):
+            problems.append(f"its {name} is {type(value).__name__}, not an object")
+    if isinstance(header, dict) and not (isinstance(header.get("msg_id"), str) and isinstance(header.get("msg_type"), str)):
+        problems.append("its header has no msg_id or msg_type")
+    if problems:
+        raise MalformedFrame("; ".join(problems), parent_id if isinstance(parent_id, str) and parent_id else None)
+    return channel, {
         "header": header,
         "parent_header": parent,
         "metadata": metadata,
         "content": content,
         "buffers": buffers,
-        "msg_id": header.get("msg_id", ""),
-        "msg_type": header.get("msg_type", ""),
+        "msg_id": header["msg_id"],
+        "msg_type": header["msg_type"],
     }
 
 
@@ -502,7 +549,8 @@ class GatewayWorker(KernelWorker):
             self._unanswered[msg["header"]["msg_id"]] = self._connection
 
     def _on_frame(self, frame: str | bytes | None) -> None:
-        """tornado's callback for every frame of the current websocket (None: it closed)."""
+        """tornado's callback for every frame of the current websocket (None: it closed). Never raises:
+        an exception here would make tornado drop the connection."""
         if frame is None:
             self._closed()
             return
@@ -513,9 +561,14 @@ class GatewayWorker(KernelWorker):
                 self._sock = None
         try:
             channel, msg = decode_v1(frame) if self._v1 and isinstance(frame, bytes) else decode_json(frame)
-        except (ValueError, KeyError, TypeError, struct.error) as exc:
-            self.router.fail(None, ProtocolError(f"the gateway sent an invalid frame for kernel {self.kernel_id[:8]}: {exc}"))
-            return
+            self._take(channel, msg)
+        except MalformedFrame as exc:
+            self._malformed(str(exc), exc.parent)
+        except Exception as exc:  # noqa: BLE001 - a message of a shape nobody expected: its requests fail, the socket stays
+            self._malformed(f"{type(exc).__name__}: {exc}", None)
+
+    def _take(self, channel: str, msg: Message) -> None:
+        """Route one well-formed message; a parentless status may say the kernel is gone."""
         parent = msg["parent_header"].get("msg_id")
         if channel == "shell" and parent:
             self._unanswered.pop(parent, None)
@@ -525,6 +578,15 @@ class GatewayWorker(KernelWorker):
                 self._lost(f"the gateway reports the kernel {state}: it died or was restarted, so its state is gone")
                 return
         self.router.deliver(channel, msg)
+
+    def _malformed(self, problem: str, parent: str | None) -> None:
+        """A frame that is no well-formed message: its request (or every open one) fails with ProtocolError."""
+        self._log.warning("kernel %s on %s sent a malformed message (%s); failing %s",
+                          self.kernel_id, self.location, problem, f"request {parent}" if parent else "its open requests")
+        if parent:
+            self._unanswered.pop(parent, None)
+        self.router.fail(parent, ProtocolError(
+            f"kernel {self.kernel_id} on {self.location} sent a malformed message ({problem}); it was discarded"))
 
     # ---- the websocket closed ------------------------------------------------------------------
 
