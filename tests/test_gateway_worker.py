@@ -22,6 +22,7 @@ from traitlets import TraitError
 from jupyter_sessionpool.config import PoolSettings
 from jupyter_sessionpool.errors import KernelStartError, ProtocolError
 from jupyter_sessionpool.workers import gateway as gateway_module
+from jupyter_sessionpool.workers._link import Link, LinkState
 from jupyter_sessionpool.workers.base import KernelExited
 from jupyter_sessionpool.workers.gateway import GatewayWorkers
 
@@ -304,6 +305,236 @@ async def test_round_trips_do_not_wait_for_delayed_acks(workers):
     assert min(samples) < 0.030, f"fastest round trip {min(samples) * 1000:.1f} ms, median {statistics.median(samples) * 1000:.1f} ms"
 
 
+# ---- the connection's state machine (workers/_link.py), one test per transition -----------------
+
+
+def test_link_connecting_opened_is_verifying_and_holds_requests():
+    link = Link()
+    assert link.state is LinkState.CONNECTING and not link.open
+    link.hold("first")
+    assert link.opened() and link.state is LinkState.VERIFYING and not link.open
+    assert link.held == ["first"]
+
+
+def test_link_verifying_verified_is_open_and_hands_back_the_held_requests_in_order():
+    link = Link()
+    link.opened()
+    link.hold("a")
+    link.hold("b")
+    assert link.verified() == ["a", "b"] and link.state is LinkState.OPEN and link.open and link.held == []
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["open", "verifying"])
+def test_link_dropped_is_reconnecting_and_keeps_what_it_holds(verified):
+    link = Link()
+    link.opened()
+    if verified:
+        link.verified()
+    link.hold("during the drop")
+    assert link.dropped() and link.state is LinkState.RECONNECTING and link.held == ["during the drop"]
+
+
+def test_link_reconnecting_opened_is_verifying_again():
+    link = Link()
+    link.opened()
+    link.verified()
+    link.dropped()
+    assert link.opened() and link.state is LinkState.VERIFYING
+
+
+@pytest.mark.parametrize("state", [s for s in LinkState if s is not LinkState.LOST])
+def test_link_lost_from_every_state_gives_up_what_it_holds(state):
+    link = Link()
+    link.state = state
+    link.hold("never sent")
+    assert link.lost() == ["never sent"] and link.state is LinkState.LOST and link.held == []
+    assert link.lost() == [] and link.state is LinkState.LOST
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [(LinkState.OPEN, "opened"), (LinkState.VERIFYING, "opened"), (LinkState.LOST, "opened"),
+     (LinkState.CONNECTING, "dropped"), (LinkState.RECONNECTING, "dropped"), (LinkState.LOST, "dropped"),
+     (LinkState.OPEN, "verified"), (LinkState.RECONNECTING, "verified"), (LinkState.LOST, "verified")],
+)
+def test_link_events_that_do_not_apply_change_nothing(state, event):
+    link = Link()
+    link.state = state
+    link.hold("kept")
+    assert not getattr(link, event)()
+    assert link.state is state and link.held == ["kept"]
+
+
+# ---- the connection on a real gateway: proof of identity at start and after every reconnection ----------
+
+
+class Wire:
+    """Records what a worker puts on its websocket; ``swallow`` makes it drop kernel_info requests instead
+    (a kernel that never answers who it is)."""
+
+    def __init__(self, worker) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.swallow = False
+        real = worker._write
+
+        def write(channel, msg):
+            if self.swallow and msg["header"]["msg_type"] == "kernel_info_request":
+                return True
+            self.sent.append((channel, msg["header"]["msg_type"]))
+            return real(channel, msg)
+
+        worker._write = write
+
+
+async def state_is(worker, state: LinkState, timeout: float = 20) -> None:
+    await wait_until(lambda: worker.link.state is state, timeout, f"the link to be {state.value}")
+
+
+async def test_start_proves_the_kernel_before_lending_it(workers):
+    ws = await workers()
+    worker = ws.new("k")
+    assert worker.link.state is LinkState.CONNECTING
+    seen = []
+    real = worker._health_check
+
+    async def health_check(deadline):
+        seen.append(worker.link.state)
+        await real(deadline)
+
+    worker._health_check = health_check
+    await worker.start(60)
+    assert seen == [LinkState.VERIFYING] and worker.link.state is LinkState.OPEN
+    assert worker.kernel_info["implementation"] == "ipython" and worker.kernel_info["language_info"]["name"] == "python"
+    assert worker._kernel_session  # ipykernel's per-process session id
+    assert worker.location in repr(worker) and "open" in repr(worker)
+
+
+async def test_requests_made_while_reconnecting_are_held_and_sent_after_verification(proxy, workers):
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    await run(worker, "x = 41")
+    wire = Wire(worker)
+    proxy.block()
+    await state_is(worker, LinkState.RECONNECTING)
+    cell = asyncio.ensure_future(run(worker, "x + 1"))
+    await wait_until(lambda: worker.link.held, 10, "the request to be held")
+    assert wire.sent == []
+    proxy.restore()
+    reply, text = await asyncio.wait_for(cell, 30)
+    assert reply["status"] == "ok" and text == "42"  # the same process: its state is kept
+    assert wire.sent[:3] == [("control", "kernel_info_request"), ("shell", "kernel_info_request"), ("shell", "execute_request")]
+    assert worker.link.state is LinkState.OPEN and worker.alive
+
+
+def drop_shutdown_replies(worker) -> None:
+    """Hide the old kernel's last word (its iopub shutdown_reply) from the worker: only the session remains to tell."""
+    real = worker._on_frame
+
+    def without_shutdown_replies(frame):
+        if frame is not None and b"shutdown_reply" in (frame if isinstance(frame, bytes) else frame.encode()):
+            return None
+        return real(frame)
+
+    worker._on_frame = without_shutdown_replies
+
+
+async def test_kernel_restarted_while_the_socket_was_down_is_lost_on_verification(kg, proxy, workers):
+    """The old kernel's shutdown_reply went into the outage; after the reconnect, the verification's
+    kernel_info (or anything else the new process says) comes from another session."""
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    await run(worker, "x = 1")
+    proxy.block()
+    await state_is(worker, LinkState.RECONNECTING)
+    assert await asyncio.to_thread(kg.call, f"/api/kernels/{worker.remote_id}/restart", "POST") == 200
+    await kg.answers(worker.remote_id)
+    cell = asyncio.ensure_future(run(worker, "x"))  # held: it must never run on the restarted kernel
+    proxy.restore()
+    reason = await asyncio.wait_for(asyncio.shield(worker.exited), 30)
+    assert "another kernel process" in reason and "state is gone" in reason
+    assert worker.link.state is LinkState.LOST
+    with pytest.raises(KernelExited):
+        await asyncio.wait_for(cell, 5)
+
+
+async def test_a_kernel_that_cannot_prove_itself_after_a_reconnect_is_lost(proxy, workers, monkeypatch):
+    monkeypatch.setattr(gateway_module, "_VERIFY_FOR", 1.0)
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    wire = Wire(worker)
+    wire.swallow = True
+    proxy.cut()
+    await state_is(worker, LinkState.VERIFYING)
+    cell = asyncio.ensure_future(run(worker, "1"))
+    reason = await asyncio.wait_for(asyncio.shield(worker.exited), 20)
+    assert "did not answer kernel_info within 1 s" in reason
+    with pytest.raises(KernelExited):
+        await asyncio.wait_for(cell, 5)
+    assert ("shell", "execute_request") not in wire.sent  # held, never sent to an unproven kernel
+
+
+async def test_a_drop_while_verifying_reconnects_and_verifies_again(proxy, workers, monkeypatch):
+    monkeypatch.setattr(gateway_module, "_VERIFY_FOR", 30.0)
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    await run(worker, "x = 3")
+    wire = Wire(worker)
+    wire.swallow = True
+    proxy.cut()
+    await state_is(worker, LinkState.VERIFYING)
+    connections = worker._connection
+    proxy.block()  # the socket drops again mid-verification, and stays down for a moment
+    await state_is(worker, LinkState.RECONNECTING, 10)
+    wire.swallow = False
+    proxy.restore()
+    await state_is(worker, LinkState.OPEN)
+    assert worker._connection > connections
+    assert (await run(worker, "x"))[1] == "3"
+
+
+async def test_kernel_deleted_while_the_socket_was_down_is_lost(kg, proxy, workers):
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    proxy.block()
+    await state_is(worker, LinkState.RECONNECTING)
+    assert await asyncio.to_thread(kg.call, f"/api/kernels/{worker.remote_id}", "DELETE") == 204
+    proxy.restore()
+    reason = await asyncio.wait_for(asyncio.shield(worker.exited), 30)
+    assert "no longer has the kernel" in reason
+
+
+async def test_a_kernel_without_a_session_is_lost_when_its_socket_drops(proxy, workers):
+    ws = await workers(url=proxy.url, kernel_name="nosession")
+    worker = await started(ws)
+    assert worker.kernel_info["implementation"] == "scripted" and not worker._kernel_session
+    assert (await run(worker, "hello"))[1] == "hello\n"
+    proxy.cut()
+    reason = await asyncio.wait_for(asyncio.shield(worker.exited), 10)
+    assert "gives no session id" in reason
+
+
+async def test_rest_restart_with_the_socket_connected_ends_the_worker_at_once(kg, workers):
+    """The old kernel's iopub shutdown_reply is the reliable sign (the new one's starting status is
+    usually lost to the gateway's slow reconnect of its iopub socket)."""
+    ws = await workers()
+    worker = await started(ws)
+    t0 = time.monotonic()
+    await asyncio.to_thread(kg.call, f"/api/kernels/{worker.remote_id}/restart", "POST")
+    reason = await asyncio.wait_for(asyncio.shield(worker.exited), 10)
+    assert time.monotonic() - t0 < 3 and "shutting down for a restart" in reason
+
+
+async def test_a_message_from_another_kernel_process_is_never_delivered(kg, workers):
+    """Without the shutdown_reply (filtered out here), the restarted kernel still gives itself away: its
+    first answer carries another session, so the worker ends instead of returning that answer."""
+    ws = await workers()
+    worker = await started(ws)
+    drop_shutdown_replies(worker)
+    await asyncio.to_thread(kg.call, f"/api/kernels/{worker.remote_id}/restart", "POST")
+    with pytest.raises(KernelExited, match="another kernel process"):
+        await run(worker, "x = 1")
+
+
 # ---- malformed frames: the request's ProtocolError, never an exception in tornado's callback ------------
 
 
@@ -371,7 +602,7 @@ async def test_a_malformed_frame_fails_the_open_requests_and_the_socket_stays_up
     proxy.inject(v1_frame(parent=["not", "a", "dict"]))
     with pytest.raises(ProtocolError, match="malformed message .*parent_header is list"):
         await asyncio.wait_for(cell, 30)
-    assert worker._connection == 1 and worker.alive
+    assert worker._connection == 1 and worker.link.state is LinkState.OPEN and worker.alive
     assert (await run(worker, "6 * 7"))[1] == "42"
     assert not [r for r in caplog.records if r.name.startswith("tornado")], "an exception reached tornado"
     assert any("sent a malformed message" in r.message for r in caplog.records)

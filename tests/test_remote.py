@@ -306,6 +306,73 @@ def test_a_sigkilled_pools_kernels_are_culled_by_the_gateway(tmp_path):
         gw.stop()
 
 
+# ---- a restarted kernel is never handed back as the session's own -----------------------------------
+
+
+async def test_kernels_restarted_during_a_network_cut_are_lost_never_fresh_namespaces(kg, remote):
+    """The review's scenario: the websocket drops for ~2 s while the gateway restarts the kernel under the
+    same id. The session's next cell got ``NameError: name 'x' is not defined`` as a plain result in 4 of
+    5 rounds; it must raise SessionLost. One kernel dies and is restarted by the gateway (its ``restarting``
+    status goes to no one while nobody is connected), the other is restarted over REST, with a cell sent
+    during the cut, which must never run on the restarted kernel."""
+    proxy = await Proxy(kg.port).start()
+    try:
+        pool = await remote(url=proxy.url, max_kernels=2)
+        pids = {s: int((await pool.execute("x = 1; import os; os.getpid()", session=s)).result)
+                for s in ("killed", "restarted")}
+        remote_ids = {s: pool._books.bound[s].handle.remote_id for s in pids}
+        died = until(pool, lambda s: s.counters["died"] == 2)
+        proxy.block()
+        os.kill(pids["killed"], signal.SIGKILL)
+        await asyncio.to_thread(kg.call, f"/api/kernels/{remote_ids['restarted']}/restart", "POST")
+        await wait_until(lambda: _pid_or_none(kg, remote_ids["killed"]) not in (None, pids["killed"]), 20,
+                         "the gateway to restart the killed kernel")
+        for remote_id in remote_ids.values():  # both new processes are up: whatever they said at start is lost
+            await kg.answers(remote_id)
+        cell = asyncio.ensure_future(pool.execute("x", session="restarted"))
+        await wait_until(lambda: proxy.refused >= 4, 10, "the pool to retry the gateway during the outage")
+        proxy.restore()
+        with pytest.raises(KernelDied):  # held while the connection was down, then the kernel was found replaced
+            await asyncio.wait_for(cell, 30)
+        await asyncio.wait_for(died, 20)
+        for session in pids:
+            with pytest.raises(SessionLost, match="variables are gone"):
+                await pool.execute("x", session=session)
+            assert (await pool.execute("x = 2; x", session=session)).result == "2"
+        await pool.shutdown()  # through the proxy, before it closes
+    finally:
+        await proxy.close()
+
+
+def _pid_or_none(gw: Gateway, remote_id: str) -> int | None:
+    try:
+        return gw.kernel_pid(remote_id)
+    except LookupError:
+        return None
+
+
+async def test_rest_restart_with_the_websocket_connected_is_noticed_within_3s(gateway, remote):
+    """A REST restart (``POST /api/kernels/{id}/restart``) was missed in 3 of 3 runs: the next execute ran
+    on the fresh kernel. The old kernel's iopub shutdown_reply now ends the worker at once: a caller
+    mid-cell gets KernelDied within 3 s, and the next call of a session restarted while idle SessionLost."""
+    pool = await remote(gateway, max_kernels=2)
+    await pool.execute("x = 1", session="idle")
+    cell = await started_marker(pool, SLEEPER, "busy")
+    remote_ids = {s: pool._books.bound[s].handle.remote_id for s in ("idle", "busy")}
+    t0 = time.monotonic()
+    busy = asyncio.ensure_future(asyncio.to_thread(gateway.call, f"/api/kernels/{remote_ids['busy']}/restart", "POST"))
+    with pytest.raises(KernelDied):
+        await asyncio.wait_for(cell, 30)
+    assert time.monotonic() - t0 < 3, f"the restart was noticed after {time.monotonic() - t0:.2f} s"
+    await asyncio.to_thread(gateway.call, f"/api/kernels/{remote_ids['idle']}/restart", "POST")
+    with pytest.raises(SessionLost):  # the very next call, as the issue's runs made it
+        await pool.execute("x", session="idle")
+    await busy
+    with pytest.raises(SessionLost):
+        await pool.execute("1", session="busy")
+    assert (await pool.execute("x = 3; x", session="idle")).result == "3"
+
+
 # ---- a gateway that accepts connections and stops answering ------------------------------------------
 
 

@@ -5,16 +5,36 @@ it connects, busy-polls a core while it waits and sends no token on the websocke
 kernel there is one websocket and no thread: tornado calls :meth:`GatewayWorker._on_frame`
 for each frame, which routes the message at once.
 
-What a gateway does not tell in so many words, and how it is read here:
+A gateway restarts a kernel under the same id with empty state (when it dies, or when anyone
+asks over REST), so the worker never trusts the id alone. What it trusts, and how:
 
-* a kernel that dies is restarted by the gateway under the same id with empty state; the
-  websocket then carries a ``status`` of ``restarting`` (or ``dead`` once the gateway gives
-  up), or after a REST restart a ``starting`` with no parent. Each of them ends the worker:
-  a restarted kernel is never handed back as if it kept its variables.
+* **The kernel's own session.** An ipykernel picks a new ``header.session`` per process and
+  puts it on every message. The worker records it from the start-up ``kernel_info`` reply;
+  any later message from another session (the gateway's rate-limit ``stream`` notices
+  excepted) means another process answers: the kernel is lost, and that message is never
+  delivered as if the old kernel had sent it.
+* **The old kernel's last word.** A restart or shutdown by anyone else makes the kernel
+  broadcast a ``shutdown_reply`` on iopub before it exits (the new process's ``starting``
+  status is usually lost to the gateway's slow reconnect, so it cannot be relied on); that
+  ends the worker at once. So do the gateway's own ``restarting`` / ``dead`` statuses.
+* **Proof after every reconnection.** The connection is a small state machine
+  (:mod:`._link`): a reopened websocket is VERIFYING until ``kernel_info`` (asked on control,
+  which a busy ipykernel answers too, and on shell) is answered by the same process within
+  ``_VERIFY_FOR`` s; the pool's requests are held until then. A kernel that cannot prove it,
+  including one that gives no session, is lost.
+
+Other things a gateway does not say in so many words:
+
 * a closed websocket is asked about over REST: 404 means the kernel is gone; otherwise the
   socket is reopened with back-off under the same session id, so the gateway replays what it
-  buffered meanwhile. A reply lost in the cut is detected (a ``kernel_info`` probe overtakes
-  it) and fails its request instead of leaving it waiting.
+  buffered meanwhile. A reply lost in the cut is detected (the shell ``kernel_info`` of the
+  verification overtakes no earlier reply) and fails its request instead of leaving it waiting.
+* every REST call is bounded by the pool timeout that governs it (create by
+  ``startup_timeout``, interrupt by ``interrupt_timeout``, delete by ``shutdown_timeout``,
+  checks during a reconnect by its window), so a gateway that accepts connections and never
+  answers delays nothing by more than that.
+* a frame that is no well-formed message fails the request it answers (or every open request
+  when it names none) with ``ProtocolError``; the socket stays up.
 * stock gateways never set ``TCP_NODELAY``, so each small reply would wait ~40 ms for the
   client's delayed ACK; re-arming ``TCP_QUICKACK`` after every received frame (Linux) sends
   that ACK at once.
@@ -32,14 +52,15 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from jupyter_client import protocol_version
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import msg_header
-from jupyter_client import protocol_version
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClosedError, WebSocketClientConnection, websocket_connect
 
 from .._redact import redact, redact_url
 from ..errors import KernelStartError, ProtocolError
+from ._link import Link, LinkState
 from .base import KernelExited, KernelWorker, Message, Request, Router, Workers
 
 if TYPE_CHECKING:
@@ -52,15 +73,21 @@ _MIN_CALL = 1.0  # seconds a REST call gets when its budget is spent (an abandon
 _MAX_FRAME = 1 << 30  # tornado's default (10 MiB) would cut the connection on one big output
 _PING_INTERVAL = 15.0  # websocket pings: a silent network cut closes the socket instead of hanging it
 _RECONNECT_FOR = 10.0  # seconds to keep trying to reopen a dropped websocket before giving the kernel up
+_VERIFY_FOR = 5.0  # seconds a reopened websocket's kernel has to prove (kernel_info) it is the same process
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 2.0
 _START_POLL = 1.0  # during start-up, how often to ask whether the gateway still has the kernel
 _EVIDENCE_CHARS = 4000
 _CHANNELS = frozenset({"shell", "control", "iopub", "stdin"})
+_GATEWAY_SAYS_LOST = frozenset({"restarting", "dead"})  # statuses the gateway itself sends (its KernelRestarter)
 _TOKEN_HINT = "set gateway_token (or JUPYTER_GATEWAY_AUTH_TOKEN) to the gateway's auth token"
 
 
 class _Unreachable(Exception):
     """The gateway did not answer at all (refused, reset, timed out, TLS failure)."""
+
+
+class _Dropped(ConnectionError):
+    """The websocket closed while a verification waited for its answer."""
 
 
 class MalformedFrame(ValueError):
@@ -343,24 +370,32 @@ _GATEWAY_HINT = "check that the gateway is running and gateway_url is right; the
 
 
 class GatewayWorker(KernelWorker):
-    """One kernel on a gateway: created by POST, spoken to over its websocket, removed by DELETE."""
+    """One kernel on a gateway: created by POST, spoken to over its websocket, removed by DELETE.
+
+    ``link`` is the connection's state (:class:`~._link.Link`); ``kernel_info`` is the content
+    of the start-up ``kernel_info`` reply, whose ``header.session`` identifies the kernel process.
+    """
 
     def __init__(self, workers: GatewayWorkers, kernel_id: str) -> None:
         self.kernel_id = kernel_id
         self.router = Router()
         self.exited = asyncio.get_running_loop().create_future()
         self.remote_id: str | None = None
+        self.kernel_info: dict[str, Any] | None = None
+        self.link = Link()
         self._gw = workers
         self._log = workers.log
-        self._session_id = uuid.uuid4().hex  # one per kernel, kept across reconnects: the gateway replays to it
+        self._session_id = uuid.uuid4().hex  # ours, one per kernel, kept across reconnects: the gateway replays to it
+        self._kernel_session: str | None = None  # the kernel process's, from its start-up kernel_info reply
         self._ws: WebSocketClientConnection | None = None
         self._token: object | None = None
         self._v1 = False
         self._sock: socket.socket | None = None
         self._connection = 0  # bumped on every websocket (re)connect
-        self._outbox: list[tuple[str, Message]] = []  # requested while the websocket was down
         self._unanswered: dict[str, int] = {}  # shell msg_id -> the connection it was sent on
+        self._probes: set[Request] = set()  # verification requests a dropped socket must fail
         self._reconnect: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None  # the lost-reply check after a reconnect
         self._stop_task: asyncio.Task[None] | None = None
         self._started = False
         self._evidence = ""
@@ -373,7 +408,7 @@ class GatewayWorker(KernelWorker):
         return self._evidence
 
     def __repr__(self) -> str:
-        state = "exited" if self.exited.done() else self.router.execution_state or "starting"
+        state = "exited" if self.exited.done() else self.link.state.value
         return f"<GatewayWorker kernel={self.kernel_id!r} remote={self.remote_id!r} on {self.location} {state}>"
 
     # ---- start ------------------------------------------------------------------------
@@ -398,7 +433,7 @@ class GatewayWorker(KernelWorker):
                 raise
             if isinstance(exc, KernelExited):
                 reason = f"the kernel died during start-up ({exc.reason})"
-            elif isinstance(exc, TimeoutError):
+            elif isinstance(exc, (TimeoutError, _Dropped)):
                 reason = str(exc)
             else:
                 reason = self._gw.said(f"{type(exc).__name__}: {exc}")
@@ -449,6 +484,7 @@ class GatewayWorker(KernelWorker):
         return {200: "there", 404: "gone"}.get(response.code, "unknown")
 
     async def _connect(self, deadline: float) -> None:
+        """Open a websocket to the kernel by ``deadline``: the link goes VERIFYING (nothing is sent yet)."""
         path = f"/api/kernels/{quote(self.remote_id)}/channels?session_id={self._session_id}"
         request = self._gw.request(path, _budget(deadline))
         request.url = self._gw.ws_url + path
@@ -488,21 +524,19 @@ class GatewayWorker(KernelWorker):
         self._ws, self._token = ws, token
         self._v1 = ws.selected_subprotocol == V1_PROTOCOL
         self._connection += 1
+        self.link.opened()
         stream = ws.protocol.stream
         stream.set_nodelay(True)
         self._sock = stream.socket if _TCP_QUICKACK is not None else None
-        outbox, self._outbox = self._outbox, []
-        for channel, msg in outbox:
-            self._send(channel, msg)
         arrived, early = early, None
         for frame in arrived:
             self._on_frame(frame)
 
     async def _health_check(self, deadline: float) -> None:
-        """kernel_info answered on shell, and its iopub ``idle`` seen (the output channel is live)."""
-        probe = self.request("kernel_info_request", {})
+        """VERIFYING at start: kernel_info answered on shell (its session is the process's identity from now
+        on) and its iopub ``idle`` seen (the output channel is live); then OPEN, and the start-up cell."""
+        probe = self._probe("shell")
         replied = idle = False
-        ipykernel = False
         try:
             while not (replied and idle):
                 got = await probe.next(deadline)
@@ -511,42 +545,67 @@ class GatewayWorker(KernelWorker):
                 channel, msg = got
                 if channel == "shell":
                     replied = True
-                    ipykernel = msg["content"].get("implementation") == "ipython"
+                    self.kernel_info = msg["content"]
+                    self._kernel_session = msg["header"].get("session") or None
                 elif msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
                     idle = True
         finally:
-            probe.close()
-        if ipykernel:
+            self._close_probe(probe)
+        for channel, msg in self.link.verified():
+            self._write(channel, msg)
+        if self.kernel_info.get("implementation") == "ipython":
             await self.prepare(deadline)
 
     # ---- messages -------------------------------------------------------------------------
 
     def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
-        header = msg_header(uuid.uuid4().hex, msg_type, "jupyter_sessionpool", self._session_id)
-        header["version"] = protocol_version
-        msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content}  # the gateway signs it
+        """Send a request now if the link is OPEN, else hold it until the kernel proved who it is."""
+        msg = self._message(msg_type, content)
         request = self.router.open(msg["header"]["msg_id"], channel)
         if self.exited.done():
             return request  # its next() raises KernelExited
-        self._send(channel, msg)
+        if self.link.open:
+            self._write(channel, msg)
+        else:
+            self.link.hold((channel, msg))
         return request
 
-    def _send(self, channel: str, msg: Message) -> None:
+    def _message(self, msg_type: str, content: dict[str, Any]) -> Message:
+        header = msg_header(uuid.uuid4().hex, msg_type, "jupyter_sessionpool", self._session_id)
+        header["version"] = protocol_version
+        return {"header": header, "parent_header": {}, "metadata": {}, "content": content}  # the gateway signs it
+
+    def _probe(self, channel: str) -> Request:
+        """A kernel_info request sent at once, past the hold: the verification of a socket just opened."""
+        msg = self._message("kernel_info_request", {})
+        probe = self.router.open(msg["header"]["msg_id"], channel)
+        self._probes.add(probe)
+        if not self._write(channel, msg):
+            self.router.fail(probe.msg_id, _Dropped("the websocket closed before the kernel could be asked who it is"))
+        return probe
+
+    def _close_probe(self, probe: Request) -> None:
+        self._probes.discard(probe)
+        probe.close()
+
+    def _write(self, channel: str, msg: Message) -> bool:
+        """Put a message on the socket; False if it closed (a request is then held: the close reconnects)."""
         ws = self._ws
-        if ws is None:
-            self._outbox.append((channel, msg))
-            return
         try:
+            if ws is None:
+                raise WebSocketClosedError()
             if self._v1:
                 sent = ws.write_message(encode_v1(channel, msg), binary=True)
             else:
                 sent = ws.write_message(json.dumps({**msg, "channel": channel}, default=json_default))
-        except WebSocketClosedError:  # closed a moment ago; the close callback reconnects and flushes
-            self._outbox.append((channel, msg))
-            return
+        except WebSocketClosedError:
+            if msg["header"]["msg_id"] not in {p.msg_id for p in self._probes}:
+                self.link.hold((channel, msg))
+            return False
         sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failed write shows as the close
         if channel == "shell":
             self._unanswered[msg["header"]["msg_id"]] = self._connection
+        return True
 
     def _on_frame(self, frame: str | bytes | None) -> None:
         """tornado's callback for every frame of the current websocket (None: it closed). Never raises:
@@ -568,15 +627,28 @@ class GatewayWorker(KernelWorker):
             self._malformed(f"{type(exc).__name__}: {exc}", None)
 
     def _take(self, channel: str, msg: Message) -> None:
-        """Route one well-formed message; a parentless status may say the kernel is gone."""
-        parent = msg["parent_header"].get("msg_id")
+        """Check one well-formed message against the kernel's identity, then route it."""
+        kind, parent = msg["msg_type"], msg["parent_header"].get("msg_id")
+        status = msg["content"].get("execution_state") if kind == "status" else None
+        if channel == "iopub" and status in _GATEWAY_SAYS_LOST and not parent:
+            self._lost(f"the gateway reports the kernel {status}: it died and was restarted, so its state is gone")
+            return
+        if channel == "iopub" and kind == "shutdown_reply":  # we never ask: someone restarts or stops the kernel
+            restart = " for a restart" if msg["content"].get("restart") else ""
+            self._lost(f"the kernel is shutting down{restart}, asked by someone else through the gateway, so its state is gone")
+            return
+        session = msg["header"].get("session")
+        if self._kernel_session and session != self._kernel_session and not (channel == "iopub" and kind == "stream"):
+            self._lost(
+                f"another kernel process answers under its id (session {session!r}, not {self._kernel_session!r}): "
+                "the gateway restarted it, so its state is gone"
+            )
+            return
+        if status == "starting" and self._started and not parent:
+            self._lost("the kernel reports itself starting: it was restarted, so its state is gone")
+            return
         if channel == "shell" and parent:
             self._unanswered.pop(parent, None)
-        elif channel == "iopub" and msg["msg_type"] == "status" and not parent:
-            state = msg["content"].get("execution_state")
-            if state in ("restarting", "dead") or (state == "starting" and self._started):
-                self._lost(f"the gateway reports the kernel {state}: it died or was restarted, so its state is gone")
-                return
         self.router.deliver(channel, msg)
 
     def _malformed(self, problem: str, parent: str | None) -> None:
@@ -588,59 +660,108 @@ class GatewayWorker(KernelWorker):
         self.router.fail(parent, ProtocolError(
             f"kernel {self.kernel_id} on {self.location} sent a malformed message ({problem}); it was discarded"))
 
-    # ---- the websocket closed ------------------------------------------------------------------
+    # ---- the websocket closed: reconnect, then prove it is the same kernel --------------------------
 
     def _closed(self) -> None:
         ws, self._ws, self._sock, self._token = self._ws, None, None, None
         if ws is None or self.exited.done():
             return
+        self.link.dropped()
+        for probe in list(self._probes):
+            self.router.fail(probe.msg_id, _Dropped("the websocket closed before the kernel proved who it is"))
+        if self.kernel_info is None:
+            return  # still proving itself at start: that check fails with the drop, and the pool retries the start
         detail = f"with code {ws.close_code}" if ws.close_code else "abnormally"
+        if not self._kernel_session:
+            self._lost(f"its websocket closed {detail}, and the kernel gives no session id to prove it is "
+                       "still the same process after a reconnect")
+            return
         self._log.warning("websocket of kernel %s on %s closed %s; reconnecting", self.kernel_id, self.location, detail)
-        self._reconnect = asyncio.ensure_future(self._reopen())
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.ensure_future(self._reopen())
 
     async def _reopen(self) -> None:
-        """Ask the gateway about the kernel; reconnect while it still has it, with back-off."""
+        """RECONNECTING: ask the gateway about the kernel and reopen the socket with back-off, then verify it.
+
+        Gives the kernel up when the gateway says it is gone (404), or when no socket could be
+        reopened and verified within ``_RECONNECT_FOR`` s of the drop.
+        """
         deadline = time.monotonic() + _RECONNECT_FOR
-        before = self._connection
         delays = _backoff()
-        while not self.exited.done():
+        while self.link.state is LinkState.RECONNECTING:
             state = await self._kernel_state(deadline)
             if state == "gone":
                 self._lost("the gateway no longer has the kernel (it died or was culled)")
                 return
-            if state == "there":
+            if state == "there" and self.link.state is LinkState.RECONNECTING:
                 try:
                     await self._connect(deadline)
                 except Exception as exc:  # noqa: BLE001 - any failure to reconnect is retried
                     self._evidence = self._gw.said(f"{type(exc).__name__}: {exc}")
-                if self._ws is not None:
-                    self._log.info("kernel %s: websocket reconnected", self.kernel_id)
-                    if any(conn <= before for conn in self._unanswered.values()):
-                        asyncio.ensure_future(self._find_lost_replies(before))
-                    return
+                if self.link.state is LinkState.VERIFYING:
+                    await self._verify()
+                    if self.link.state is not LinkState.RECONNECTING:
+                        return  # OPEN, or LOST
+                    deadline, delays = time.monotonic() + _RECONNECT_FOR, _backoff()  # dropped again: a new window
+                    continue
+            if self.link.state is not LinkState.RECONNECTING:
+                return
             if time.monotonic() >= deadline:
-                self._lost(f"lost the connection to the gateway at {self._gw.display_url} for {_RECONNECT_FOR:g} s ({self._evidence})")
+                self._lost(f"lost the connection to the gateway at {self._gw.display_url} for {_RECONNECT_FOR:g} s "
+                           f"({self._evidence})")
                 return
             await asyncio.sleep(next(delays))
 
-    async def _find_lost_replies(self, before: int) -> None:
-        """After a reconnect: a kernel_info reply overtakes no earlier reply (shell is one queue),
-        so requests sent before the drop and still unanswered then have lost theirs in the cut."""
-        probe = self.request("kernel_info_request", {})
+    async def _verify(self) -> None:
+        """VERIFYING after a reconnect: the first kernel_info reply, on control or shell, within ``_VERIFY_FOR`` s.
+
+        Any message from another process is caught on arrival (:meth:`_take`) and ends the
+        worker, so a reply that reaches its probe came from the process that answered at start:
+        the link is OPEN and the held requests go out. The shell probe then also tells which
+        requests sent before the drop lost their replies (it overtakes no earlier reply).
+        """
+        verifying = self._connection
+        control, shell = self._probe("control"), self._probe("shell")
+        answers = {asyncio.ensure_future(_reply(probe)): probe for probe in (control, shell)}
+        shell_answer = next(task for task, probe in answers.items() if probe is shell)
+        proven = False
         try:
-            while (got := await probe.next(None)) is not None and got[0] != "shell":
-                pass
-        except Exception:  # noqa: BLE001 - the kernel went away: its requests already fail with it
+            done, _ = await asyncio.wait(answers, timeout=_VERIFY_FOR, return_when=asyncio.FIRST_COMPLETED)
+            first = min(done, key=lambda task: task.exception() is not None, default=None)  # an answer, if any
+            if first is None:
+                self._lost(f"the kernel did not answer kernel_info within {_VERIFY_FOR:g} s of the reconnect, so "
+                           "nothing proves it is the same process; its state is treated as gone")
+            elif first.exception() is None:
+                proven = True
+            elif not isinstance(first.exception(), (_Dropped, KernelExited)):
+                self._lost(f"the kernel's answer to kernel_info after the reconnect was unusable ({first.exception()})")
+        finally:
+            for task, probe in answers.items():
+                if not (proven and task is shell_answer):
+                    task.cancel()
+                    self._close_probe(probe)
+        if not proven:
+            return
+        self._log.info("kernel %s: websocket reconnected to the same kernel process", self.kernel_id)
+        for channel, msg in self.link.verified():
+            self._write(channel, msg)
+        self._watcher = asyncio.ensure_future(self._find_lost_replies(shell_answer, shell, verifying))
+
+    async def _find_lost_replies(self, answer: asyncio.Future[Message], probe: Request, connection: int) -> None:
+        """Once the shell probe of ``connection`` is answered, requests sent before it and still unanswered lost their reply."""
+        try:
+            await answer
+        except Exception:  # the kernel went away, or the socket dropped again (the next verification checks)
             return
         finally:
-            probe.close()
+            self._close_probe(probe)
         for msg_id, conn in list(self._unanswered.items()):
-            if conn <= before:
+            if conn < connection:
                 del self._unanswered[msg_id]
                 self.router.fail(
                     msg_id,
                     ProtocolError(
-                        f"the connection to kernel {self.kernel_id[:8]} on {self.location} dropped while a request "
+                        f"the connection to kernel {self.kernel_id} on {self.location} dropped while a request "
                         "ran and its reply was lost; the kernel is replaced, as its state is unknown"
                     ),
                 )
@@ -652,6 +773,7 @@ class GatewayWorker(KernelWorker):
         self._end(reason)
 
     def _end(self, reason: str) -> None:
+        self.link.lost()  # held requests are never sent; their next() raises KernelExited
         self.exited.set_result(reason)
         self.router.exited(reason)
 
@@ -725,3 +847,11 @@ class GatewayWorker(KernelWorker):
                 )
                 return
             await asyncio.sleep(delay)
+
+
+async def _reply(probe: Request) -> Message:
+    """The reply to ``probe`` on its own channel (raises as its ``next`` does)."""
+    while True:
+        got = await probe.next(None)
+        if got is not None and got[0] == probe.channel:
+            return got[1]
