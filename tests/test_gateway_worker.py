@@ -438,6 +438,21 @@ def drop_shutdown_replies(worker) -> None:
     worker._on_frame = without_shutdown_replies
 
 
+async def test_a_busy_kernel_proves_itself_on_control_while_its_cell_runs(proxy, workers):
+    """The shell probe waits behind a running cell; the control one does not, so a reconnect during a
+    long cell is verified at once and the cell still ends normally."""
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    seen = asyncio.Event()
+    cell = asyncio.ensure_future(run(worker, "print('go', flush=True); import time; time.sleep(8); print('done')", seen=seen))
+    await asyncio.wait_for(seen.wait(), 30)
+    proxy.cut()
+    await wait_until(lambda: worker._connection == 2 and worker.link.state is LinkState.OPEN, 6, "the verified reconnect")
+    assert not cell.done()
+    reply, text = await asyncio.wait_for(cell, 30)
+    assert reply["status"] == "ok" and text == "go\ndone\n"
+
+
 async def test_kernel_restarted_while_the_socket_was_down_is_lost_on_verification(kg, proxy, workers):
     """The old kernel's shutdown_reply went into the outage; after the reconnect, the verification's
     kernel_info (or anything else the new process says) comes from another session."""

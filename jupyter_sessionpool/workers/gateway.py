@@ -372,8 +372,8 @@ _GATEWAY_HINT = "check that the gateway is running and gateway_url is right; the
 class GatewayWorker(KernelWorker):
     """One kernel on a gateway: created by POST, spoken to over its websocket, removed by DELETE.
 
-    ``link`` is the connection's state (:class:`~._link.Link`); ``kernel_info`` is the content
-    of the start-up ``kernel_info`` reply, whose ``header.session`` identifies the kernel process.
+    ``link`` is the connection's state (:class:`~._link.Link`); the start-up ``kernel_info``
+    reply gives :attr:`kernel_info`, and its ``header.session`` identifies the kernel process.
     """
 
     def __init__(self, workers: GatewayWorkers, kernel_id: str) -> None:
@@ -381,11 +381,11 @@ class GatewayWorker(KernelWorker):
         self.router = Router()
         self.exited = asyncio.get_running_loop().create_future()
         self.remote_id: str | None = None
-        self.kernel_info: dict[str, Any] | None = None
         self.link = Link()
         self._gw = workers
         self._log = workers.log
         self._session_id = uuid.uuid4().hex  # ours, one per kernel, kept across reconnects: the gateway replays to it
+        self._kernel_info: dict[str, Any] | None = None
         self._kernel_session: str | None = None  # the kernel process's, from its start-up kernel_info reply
         self._ws: WebSocketClientConnection | None = None
         self._token: object | None = None
@@ -403,6 +403,11 @@ class GatewayWorker(KernelWorker):
     @property
     def location(self) -> str:
         return self._gw.location
+
+    @property
+    def kernel_info(self) -> dict[str, Any] | None:
+        """The content of the kernel's start-up ``kernel_info`` reply (``language_info``, ``implementation``, ...)."""
+        return self._kernel_info
 
     def evidence(self) -> str:
         return self._evidence
@@ -545,7 +550,7 @@ class GatewayWorker(KernelWorker):
                 channel, msg = got
                 if channel == "shell":
                     replied = True
-                    self.kernel_info = msg["content"]
+                    self._kernel_info = msg["content"]
                     self._kernel_session = msg["header"].get("session") or None
                 elif msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
                     idle = True
@@ -553,7 +558,7 @@ class GatewayWorker(KernelWorker):
             self._close_probe(probe)
         for channel, msg in self.link.verified():
             self._write(channel, msg)
-        if self.kernel_info.get("implementation") == "ipython":
+        if self._kernel_info.get("implementation") == "ipython":
             await self.prepare(deadline)
 
     # ---- messages -------------------------------------------------------------------------
@@ -669,7 +674,7 @@ class GatewayWorker(KernelWorker):
         self.link.dropped()
         for probe in list(self._probes):
             self.router.fail(probe.msg_id, _Dropped("the websocket closed before the kernel proved who it is"))
-        if self.kernel_info is None:
+        if self._kernel_info is None:
             return  # still proving itself at start: that check fails with the drop, and the pool retries the start
         detail = f"with code {ws.close_code}" if ws.close_code else "abnormally"
         if not self._kernel_session:
