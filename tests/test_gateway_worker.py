@@ -21,6 +21,7 @@ from traitlets import TraitError
 
 from jupyter_sessionpool.config import PoolSettings
 from jupyter_sessionpool.errors import KernelStartError, ProtocolError
+from jupyter_sessionpool.workers import _wire as wire
 from jupyter_sessionpool.workers import gateway as gateway_module
 from jupyter_sessionpool.workers._link import Link, LinkState
 from jupyter_sessionpool.workers.base import KernelExited
@@ -556,7 +557,7 @@ async def test_a_message_from_another_kernel_process_is_never_delivered(kg, work
 def v1_frame(channel="iopub", header=None, parent=None, metadata=None, content=None) -> bytes:
     """A v1 frame of arbitrary JSON parts (encode_v1 dumps whatever each part is)."""
     header = {"msg_id": "m", "msg_type": "stream", "session": "s"} if header is None else header
-    return gateway_module.encode_v1(channel, {"header": header, "parent_header": {} if parent is None else parent,
+    return wire.encode_v1(channel, {"header": header, "parent_header": {} if parent is None else parent,
                                               "metadata": {} if metadata is None else metadata,
                                               "content": {"name": "stdout", "text": "x"} if content is None else content})
 
@@ -587,8 +588,8 @@ def bad_offsets(frame: bytes) -> bytes:
          "huge-count", "short", "truncated"],
 )
 def test_malformed_v1_frames_name_the_problem_and_the_request(frame, problem, parent):
-    with pytest.raises(gateway_module.MalformedFrame, match=problem) as info:
-        gateway_module.decode_v1(frame)
+    with pytest.raises(wire.MalformedFrame, match=problem) as info:
+        wire.decode_v1(frame)
     assert info.value.parent == parent
 
 
@@ -601,8 +602,8 @@ def test_malformed_v1_frames_name_the_problem_and_the_request(frame, problem, pa
      (b"\x00\x00\x00\x09", "too short")],
 )
 def test_malformed_json_frames_name_the_problem(frame, problem):
-    with pytest.raises(gateway_module.MalformedFrame, match=problem):
-        gateway_module.decode_json(frame)
+    with pytest.raises(wire.MalformedFrame, match=problem):
+        wire.decode_json(frame)
 
 
 async def test_a_malformed_frame_fails_the_open_requests_and_the_socket_stays_up(proxy, workers, caplog):
