@@ -508,6 +508,29 @@ async def test_a_drop_while_verifying_reconnects_and_verifies_again(proxy, worke
     assert (await run(worker, "x"))[1] == "3"
 
 
+@pytest.mark.parametrize("phase", [LinkState.RECONNECTING, LinkState.VERIFYING])
+async def test_a_stop_while_reconnecting_or_verifying_ends_it_and_deletes_the_kernel(kg, proxy, workers, phase, monkeypatch):
+    monkeypatch.setattr(gateway_module, "_VERIFY_FOR", 30.0)
+    ws = await workers(url=proxy.url)
+    worker = await started(ws)
+    wire = Wire(worker)
+    wire.swallow = True  # a verification that would wait its whole 30 s
+    if phase is LinkState.RECONNECTING:
+        proxy.block()
+    else:
+        proxy.cut()
+    await state_is(worker, phase)
+    cell = asyncio.ensure_future(run(worker, "1"))
+    proxy.restore()
+    t0 = time.monotonic()
+    await worker.stop(5)
+    assert time.monotonic() - t0 < 5 and worker.link.state is LinkState.LOST
+    assert worker._reconnect.done() and not worker._probes
+    with pytest.raises(KernelExited, match="stopped"):
+        await asyncio.wait_for(cell, 5)
+    assert kg.kernels() == []
+
+
 async def test_kernel_deleted_while_the_socket_was_down_is_lost(kg, proxy, workers):
     ws = await workers(url=proxy.url)
     worker = await started(ws)
