@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import reprlib
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +18,8 @@ from urllib.parse import urlsplit
 from traitlets import Bool, Dict, Enum, Float, HasTraits, Int, TraitError, TraitType, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 from traitlets.utils.text import indent
+
+from ._redact import MASK, redact_url
 
 _MAX_SESSION_LEN = 200
 
@@ -77,23 +78,7 @@ def _positive_or_none(name: str, value: Any) -> Any:
 _AT_ONCE = "A change applies at once"
 _NEXT_CALLS = "A change applies to the calls made after it."
 _NEXT_KERNELS = "A change applies to the kernels started after it (sessions keep the kernels they have)."
-_SECRET = "***"
 _SECRETS = frozenset({"gateway_url", "gateway_token", "gateway_headers"})  # shown by _shown()
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password in its user info replaced by ``***`` (``http://user:***@host``).
-
-    For anything a person may see: errors, logs, reprs, ``%config``. Text that is not a URL
-    comes back as it is.
-    """
-
-    def hide(match: re.Match[str]) -> str:
-        user, colon, _ = match.group(2).partition(":")
-        return f"{match.group(1)}{user}{':' + _SECRET if colon else ''}@"
-
-    return _USERINFO.sub(hide, url, count=1)
 
 
 def _shown(name: str, value: Any) -> Any:
@@ -101,9 +86,9 @@ def _shown(name: str, value: Any) -> Any:
     if name == "gateway_url":
         return redact_url(value)
     if name == "gateway_token":
-        return _SECRET if value else value
+        return MASK if value else value
     if name == "gateway_headers":
-        return dict.fromkeys(value, _SECRET)
+        return dict.fromkeys(value, MASK)
     return value
 
 
@@ -226,15 +211,17 @@ class PoolSettings(LoggingConfigurable):
             return ""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TraitError(f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; "
-                             f"got {redact_url(url)!r}")
+            raise TraitError(
+                f"gateway_url must be an http(s) URL with a host, e.g. http://gateway:8888; got {redact_url(url)!r}"
+            )
         if parts.query or parts.fragment:
-            raise TraitError(f"gateway_url must be the gateway's base URL, without a query or fragment; "
-                             f"got {redact_url(url)!r}")
+            raise TraitError(
+                f"gateway_url must be the gateway's base URL, without a query or fragment; got {redact_url(url)!r}"
+            )
         try:
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-        except ValueError as exc:
-            raise TraitError(f"gateway_url has a bad port ({exc}); got {redact_url(url)!r}") from None
+        except ValueError:  # its message may quote a raw password (http://user:pa/ss@host reads "pa" as the port)
+            raise TraitError(f"gateway_url has a bad port (a number from 0 to 65535 expected); got {redact_url(url)!r}") from None
         return url
 
     @default("log")

@@ -1,8 +1,8 @@
 """Real gateways on 127.0.0.1 for the remote tests: Kernel Gateway from this venv, Enterprise
 Gateway from its own (``make .venv-eg/.installed``), and a TCP proxy that can cut connections.
 
-A gateway runs kernelspecs from a private JUPYTER_PATH: ``python3`` (this venv's ipykernel)
-and ``crash`` (exits at start). Readiness is polled on ``GET /api`` (an external process
+A gateway runs kernelspecs from a private JUPYTER_PATH: ``python3`` (this venv's ipykernel),
+``crash`` (exits at start) and ``nosession`` (the scripted fake kernel, giving no session id). Readiness is polled on ``GET /api`` (an external process
 offers no event to wait on); the kernels a test leaves behind are asserted from the REST API.
 """
 
@@ -22,12 +22,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 EG_VENV = Path(os.environ.get("JSP_EG_VENV") or ROOT / ".venv-eg")  # unset or empty: the one make test builds
 KERNELSPECS = {
     "python3": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"],
     "crash": [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"],
+    "nosession": [sys.executable, str(ROOT / "tests" / "kernels" / "scripted.py"), "-f", "{connection_file}", "--no-session"],
 }
 
 
@@ -114,6 +117,33 @@ class Gateway:
             body = r.read()
         return json.loads(body) if body else None
 
+    def call(self, path: str, method: str) -> int:
+        """A REST call as someone else makes it (a restart, a delete): its HTTP status. Blocking: from a test's
+        event loop use ``asyncio.to_thread``, or the pool's loop stands still meanwhile."""
+        request = urllib.request.Request(self.url + path, method=method, data=b"{}" if method == "POST" else None,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status
+
+    async def answers(self, remote_id: str, timeout: float = 30) -> None:
+        """Wait until the kernel ``remote_id`` answers kernel_info on a websocket of the test's own (it is up)."""
+        url = f"ws://127.0.0.1:{self.port}/api/kernels/{remote_id}/channels?session_id={uuid.uuid4().hex}"
+        request = HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, request_timeout=timeout)
+        ws = await asyncio.wait_for(websocket_connect(request), timeout)
+        try:
+            msg_id = uuid.uuid4().hex
+            header = {"msg_id": msg_id, "msg_type": "kernel_info_request", "session": "test", "username": "test",
+                      "date": "", "version": "5.3"}
+            await ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": {},
+                                               "channel": "shell"}))
+            while True:
+                frame = await asyncio.wait_for(ws.read_message(), timeout)
+                assert frame is not None, "the gateway closed the test's websocket"
+                if isinstance(frame, str) and json.loads(frame)["parent_header"].get("msg_id") == msg_id:
+                    return
+        finally:
+            ws.close()
+
     def kernels(self) -> list[dict]:
         """GET /api/kernels; Kernel Gateway answers 500 now and then while a kernel starts: ask again."""
         for _ in range(20):
@@ -161,13 +191,29 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 class Proxy:
-    """A TCP proxy on 127.0.0.1 in front of a gateway; :meth:`cut` drops every open connection."""
+    """A TCP proxy on 127.0.0.1 in front of a gateway, which a test breaks the ways networks and gateways break.
+
+    :meth:`cut` resets every open connection, both ends. :meth:`block` is a network outage
+    until :meth:`restore`: the pool's ends are reset and new connections refused, while the
+    gateway's ends stay open and what the gateway sends on them is lost. As on a real
+    partition, the gateway learns of it late (here: when the pool's reconnect replaces the
+    stale connection, or the proxy closes), so it buffers nothing for the reconnect. :meth:`stall` accepts
+    new connections and never answers them (a gateway that hangs); :meth:`slow` answers them
+    only after a delay. :meth:`inject` writes a websocket frame into the newest kernel
+    websocket as if the gateway had sent it (the proxy forwards the gateway's frames whole,
+    so an injected one never splits another).
+    """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
+        self.mode = "forward"  # forward | block | stall | slow
+        self.delay = 0.0
+        self.refused = 0  # connections refused while blocked
         self._server: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
+        self._pairs: set[_Pair] = set()
+        self._swallowing: set[asyncio.StreamWriter] = set()
+        self._websockets: list[asyncio.StreamWriter] = []  # the pool's end of each kernel websocket, oldest first
         self._serving: set[asyncio.Task] = set()
 
     @property
@@ -175,53 +221,171 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> Proxy:
+        self._closing = asyncio.Event()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def cut(self) -> int:
+        """Reset every connection through the proxy (both ends); new ones are still accepted."""
+        pairs = list(self._pairs)
+        for pair in pairs:
+            pair.client.transport.abort()
+            pair.upstream.transport.abort()
+        for writer in list(self._swallowing):
+            writer.transport.abort()
+        return len(pairs)
+
+    def block(self) -> int:
+        """A network outage until :meth:`restore`: reset the pool's ends, keep the gateway's, refuse new connections."""
+        self.mode = "block"
+        pairs = list(self._pairs)
+        for pair in pairs:
+            pair.partitioned = True
+            pair.client.transport.abort()
+        return len(pairs)
+
+    def stall(self) -> None:
+        """Accept new connections and never answer them (a gateway that hangs); open ones go on."""
+        self.mode = "stall"
+
+    def slow(self, delay: float) -> None:
+        """Forward new connections, but hold the gateway's answers back ``delay`` seconds."""
+        self.mode, self.delay = "slow", delay
+
+    def restore(self) -> None:
+        """Forward new connections again."""
+        self.mode = "forward"
+
+    def inject(self, payload: bytes | str) -> None:
+        """Send ``payload`` as one websocket frame (binary for bytes, text for str) on the newest kernel websocket."""
+        binary = isinstance(payload, bytes)
+        data = payload if binary else payload.encode()
+        size = len(data)
+        head = bytes([0x82 if binary else 0x81])
+        if size < 126:
+            head += bytes([size])
+        elif size < 1 << 16:
+            head += bytes([126]) + size.to_bytes(2, "big")
+        else:
+            head += bytes([127]) + size.to_bytes(8, "big")
+        self._websockets[-1].write(head + data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._serving.add(task)
         try:
-            await self._pipe(reader, writer)
+            if self.mode == "block":
+                self.refused += 1
+                writer.transport.abort()
+            elif self.mode == "stall":
+                await self._swallow(reader, writer)
+            else:
+                await self._pipe(reader, writer, self.delay if self.mode == "slow" else 0.0)
         finally:
             self._serving.discard(task)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._swallowing.add(writer)
+        try:
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._swallowing.discard(writer)
+            writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.close()
             return
-        self._conns.update((writer, up_writer))
+        pair = _Pair(writer, up_writer)
+        self._pairs.add(pair)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def upward() -> None:  # the pool -> the gateway
             try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
+                while data := await reader.read(65536):
+                    up_writer.write(data)
+                    await up_writer.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
-                dst.close()
+                if pair.partitioned:  # the gateway's end lingers until the gateway or the proxy closes it
+                    await asyncio.wait([asyncio.ensure_future(pair.upstream_gone.wait()),
+                                        asyncio.ensure_future(self._closing.wait())], return_when=asyncio.FIRST_COMPLETED)
+                up_writer.close()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self._conns.difference_update((writer, up_writer))
+        async def downward(frames: bool) -> None:  # the gateway -> the pool; a websocket's frames are forwarded whole
+            pending = bytearray()
+            upgraded = False
+            try:
+                while data := await up_reader.read(65536):
+                    if pair.partitioned:
+                        continue  # lost in the outage
+                    if delay:  # the answer's late arrival is what this mode simulates
+                        await asyncio.wait([asyncio.ensure_future(self._closing.wait())], timeout=delay)
+                    if not frames:
+                        writer.write(data)
+                    else:
+                        pending += data
+                        if not upgraded and (end := pending.find(b"\r\n\r\n")) >= 0:
+                            writer.write(bytes(pending[: end + 4]))
+                            del pending[: end + 4]
+                            upgraded = True
+                            self._websockets.append(writer)
+                        while upgraded and (size := _frame_size(pending)) is not None:
+                            writer.write(bytes(pending[:size]))
+                            del pending[:size]
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                pair.upstream_gone.set()
+                writer.close()
 
-    def cut(self) -> int:
-        """Reset every connection through the proxy (both sides); new ones are still accepted."""
-        conns = list(self._conns)
-        for w in conns:
-            w.transport.abort()
-        return len(conns) // 2
+        first = await reader.read(65536)
+        up_writer.write(first)
+        try:
+            await asyncio.gather(upward(), downward(frames=b"/channels" in first.partition(b"\r\n")[0]))
+        finally:
+            self._pairs.discard(pair)
+            if writer in self._websockets:
+                self._websockets.remove(writer)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        self._closing.set()  # a slow or partitioned connection may be waiting
         self.cut()
         await asyncio.gather(*self._serving, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+class _Pair:
+    """One proxied connection: the pool's end and the gateway's end."""
+
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.partitioned = False  # broken by an outage: the gateway's end lingers, its data is dropped
+        self.upstream_gone = asyncio.Event()
+
+
+def _frame_size(data: bytearray) -> int | None:
+    """The length of the complete websocket frame at the start of ``data``, or None if it is not all there."""
+    if len(data) < 2:
+        return None
+    size, at = data[1] & 0x7F, 2
+    if size == 126:
+        size, at = int.from_bytes(data[2:4], "big"), 4
+    elif size == 127:
+        size, at = int.from_bytes(data[2:10], "big"), 10
+    at += 4 if data[1] & 0x80 else 0  # a masking key (frames from the client)
+    return at + size if len(data) >= at + size and len(data) >= at else None
 
 
 # ---- fixtures (a pytest plugin: conftest lists this module in pytest_plugins) ------------------

@@ -8,12 +8,15 @@ After each test no kernel of it is left on the gateway.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import nbformat
 import psutil
@@ -30,6 +33,7 @@ from jupyter_sessionpool import (
     SessionLost,
 )
 from jupyter_sessionpool.batch import run_notebooks
+from jupyter_sessionpool.notebook import comm, widget
 from jupyter_sessionpool.workers import gateway as gateway_module
 from jupyter_sessionpool.workers.gateway import GatewayWorkers
 
@@ -201,7 +205,7 @@ async def test_bad_token_and_url_are_clear_errors(kg, remote):
     with pytest.raises(KernelStartError, match="does not answer.*gateway is running") as info:
         await pool.execute("1")
     assert info.value.attempts == 2
-    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, python3"):
+    with pytest.raises(KernelStartError, match="no kernelspec 'nope'; it has: crash, nosession, python3"):
         await remote(kernel_name="nope")
 
 
@@ -370,3 +374,134 @@ def test_a_sigkilled_pools_kernels_are_culled_by_the_gateway(tmp_path):
             proc.kill()
             proc.wait()
         gw.stop()
+
+
+# ---- a restarted kernel is never handed back as the session's own -----------------------------------
+
+
+async def test_kernels_restarted_during_a_network_cut_are_lost_never_fresh_namespaces(kg, remote):
+    """The review's scenario: the websocket drops for ~2 s while the gateway restarts the kernel under the
+    same id. The session's next cell got ``NameError: name 'x' is not defined`` as a plain result in 4 of
+    5 rounds; it must raise SessionLost. One kernel dies and is restarted by the gateway (its ``restarting``
+    status goes to no one while nobody is connected), the other is restarted over REST, with a cell sent
+    during the cut, which must never run on the restarted kernel."""
+    proxy = await Proxy(kg.port).start()
+    try:
+        pool = await remote(url=proxy.url, max_kernels=2)
+        pids = {s: int((await pool.execute("x = 1; import os; os.getpid()", session=s)).result)
+                for s in ("killed", "restarted")}
+        remote_ids = {s: pool._books.bound[s].handle.remote_id for s in pids}
+        died = until(pool, lambda s: s.counters["died"] == 2)
+        proxy.block()
+        os.kill(pids["killed"], signal.SIGKILL)
+        await asyncio.to_thread(kg.call, f"/api/kernels/{remote_ids['restarted']}/restart", "POST")
+        await wait_until(lambda: _pid_or_none(kg, remote_ids["killed"]) not in (None, pids["killed"]), 20,
+                         "the gateway to restart the killed kernel")
+        for remote_id in remote_ids.values():  # both new processes are up: whatever they said at start is lost
+            await kg.answers(remote_id)
+        cell = asyncio.ensure_future(pool.execute("x", session="restarted"))
+        await wait_until(lambda: proxy.refused >= 4, 10, "the pool to retry the gateway during the outage")
+        proxy.restore()
+        with pytest.raises(KernelDied):  # held while the connection was down, then the kernel was found replaced
+            await asyncio.wait_for(cell, 30)
+        await asyncio.wait_for(died, 20)
+        for session in pids:
+            with pytest.raises(SessionLost, match="variables are gone"):
+                await pool.execute("x", session=session)
+            assert (await pool.execute("x = 2; x", session=session)).result == "2"
+        await pool.shutdown()  # through the proxy, before it closes
+    finally:
+        await proxy.close()
+
+
+def _pid_or_none(gw: Gateway, remote_id: str) -> int | None:
+    try:
+        return gw.kernel_pid(remote_id)
+    except LookupError:
+        return None
+
+
+async def test_rest_restart_with_the_websocket_connected_is_noticed_within_3s(gateway, remote):
+    """A REST restart (``POST /api/kernels/{id}/restart``) was missed in 3 of 3 runs: the next execute ran
+    on the fresh kernel. The old kernel's iopub shutdown_reply now ends the worker at once: a caller
+    mid-cell gets KernelDied within 3 s, and the next call of a session restarted while idle SessionLost."""
+    pool = await remote(gateway, max_kernels=2)
+    await pool.execute("x = 1", session="idle")
+    cell = await started_marker(pool, SLEEPER, "busy")
+    remote_ids = {s: pool._books.bound[s].handle.remote_id for s in ("idle", "busy")}
+    t0 = time.monotonic()
+    busy = asyncio.ensure_future(asyncio.to_thread(gateway.call, f"/api/kernels/{remote_ids['busy']}/restart", "POST"))
+    with pytest.raises(KernelDied):
+        await asyncio.wait_for(cell, 30)
+    assert time.monotonic() - t0 < 3, f"the restart was noticed after {time.monotonic() - t0:.2f} s"
+    await asyncio.to_thread(gateway.call, f"/api/kernels/{remote_ids['idle']}/restart", "POST")
+    with pytest.raises(SessionLost):  # the very next call, as the issue's runs made it
+        await pool.execute("x", session="idle")
+    await busy
+    with pytest.raises(SessionLost):
+        await pool.execute("1", session="busy")
+    assert (await pool.execute("x = 3; x", session="idle")).result == "3"
+
+
+# ---- a gateway that accepts connections and stops answering ------------------------------------------
+
+
+async def test_a_gateway_that_stops_answering_bounds_interrupt_and_shutdown(kg, remote, caplog):
+    """With every REST call at a fixed 30 s, ``timeout=1, interrupt_timeout=1`` took 32 s and
+    ``shutdown(shutdown_timeout=2)`` 30 s; each call is now bounded by the timeout that governs it."""
+    caplog.set_level(logging.WARNING, "jupyter_sessionpool")
+    proxy = await Proxy(kg.port).start()
+    try:
+        pool = await remote(url=proxy.url, interrupt_timeout=1, shutdown_timeout=2)
+        await pool.execute("x = 1", session="a")
+        proxy.stall()  # new connections are accepted and never answered; the websocket goes on
+        t0 = time.monotonic()
+        with pytest.raises(ExecutionTimeout) as info:
+            await pool.execute("import time; time.sleep(30)", session="a", timeout=1)
+        assert time.monotonic() - t0 < 10, f"the timed-out cell took {time.monotonic() - t0:.1f} s"
+        assert info.value.restarted  # the interrupt never reached the kernel
+        t0 = time.monotonic()
+        await pool.shutdown()
+        assert time.monotonic() - t0 < 8, f"shutdown took {time.monotonic() - t0:.1f} s"
+        assert any("could not interrupt" in r.message for r in caplog.records)
+        assert any("could not delete" in r.message for r in caplog.records)
+    finally:
+        await proxy.close()
+        for kernel in kg.kernels():  # the DELETE never reached the gateway: the test cleans up
+            await asyncio.to_thread(kg.call, f"/api/kernels/{kernel['id']}", "DELETE")
+
+
+# ---- secrets -----------------------------------------------------------------------------------------
+
+
+async def test_gateway_credentials_never_show(kg, remote, caplog):
+    """A password in gateway_url and the gateway token appear nowhere a person (or a saved notebook)
+    sees: errors, log lines, reprs, stats and what the widget and the comm render from them."""
+    caplog.set_level(logging.DEBUG)
+    password, token = f"pw-{uuid.uuid4().hex}", f"tok-{uuid.uuid4().hex}"
+    silent = await Proxy(free_port()).start()
+    silent.stall()  # a kernel start that hangs, so its stats can be read while it is starting
+    surfaces = []
+    try:
+        pool = await remote(url=f"http://someone:{password}@127.0.0.1:{silent.port}", gateway_token=token,
+                            startup_timeout=2, start_retries=0)
+        call = asyncio.ensure_future(pool.execute("1"))
+        await wait_until(lambda: any(k.location for k in pool.stats().kernels), 10, "a starting kernel")
+        stats = pool.stats()
+        (worker,) = [s.handle for s in pool._books.slots.values()]
+        with pytest.raises(KernelStartError, match=r"http://someone:\*\*\*@127\.0\.0\.1") as info:
+            await call
+        assert stats.kernels[0].location == f"127.0.0.1:{silent.port}"
+        surfaces += [str(info.value), repr(info.value), repr(pool), repr(pool._workers), repr(worker), str(stats),
+                     json.dumps(stats.to_dict()), json.dumps(comm.snapshot_message(stats)),
+                     *(widget._row_html(k, widget._columns(stats), time.time()) for k in stats.kernels)]
+        # a real gateway that refuses the URL's credentials: its answer is shown, never the secrets
+        with pytest.raises(KernelStartError, match="HTTP 401") as info:
+            await remote(url=f"http://someone:{password}@127.0.0.1:{kg.port}", gateway_token=token)
+        surfaces += [str(info.value), repr(info.value)]
+    finally:
+        await silent.close()
+    surfaces.append(caplog.text)
+    assert "cannot check kernel" in caplog.text and "failed to start" in caplog.text
+    for surface in surfaces:
+        assert password not in surface and token not in surface, surface

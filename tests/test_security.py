@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from jupyter_sessionpool import CheckoutTimeout, ExecutionTimeout, KernelPool
-from jupyter_sessionpool.config import PoolSettings, redact_url
+from jupyter_sessionpool._redact import redact_url
+from jupyter_sessionpool.config import PoolSettings
 from jupyter_sessionpool.workers.gateway import GatewayWorkers
 from jupyter_sessionpool.notebook.comm import VERSION, ProtocolViolation, parse_request, snapshot_message
 
@@ -143,11 +144,12 @@ def test_the_gateway_token_and_a_password_in_its_url_are_never_shown(kg, monkeyp
 @pytest.mark.parametrize("url, shown", [
     ("http://alice:pw@gw:8888", "http://alice:***@gw:8888"),
     ("https://alice:p%40ss@gw/base/", "https://alice:***@gw/base/"),
-    ("http://alice@gw:8888", "http://alice@gw:8888"),
-    ("http://gw:8888/a@b", "http://gw:8888/a@b"),
+    ("http://u:p@ss:w@rd@gw/x", "http://u:***@gw/x"),  # a raw "@" or ":" in the password: still hidden whole
+    ("http://TOKEN@gw:8888", "http://***@gw:8888"),  # a user name alone may be a token: hidden whole
+    ("http://user:pa/s3cret@gw", "http://user:***@gw"),  # a raw "/" too
     ("not a url", "not a url"),
 ])
-def test_redact_url_hides_only_the_password(url, shown):
+def test_redact_url_hides_the_password_and_a_lone_user(url, shown):
     assert redact_url(url) == shown
 
 

@@ -15,6 +15,9 @@ names the script:
 
 With ``JSP_SCRIPTED_IGNORE_SHUTDOWN=1`` in its environment it ignores ``shutdown_request``
 (a kernel that never answers one: only a kill ends it).
+
+With ``--no-session`` every message carries an empty ``header.session``, as from a kernel that
+gives no identity (a gateway cannot prove it is still the same process after a reconnect).
 """
 
 import itertools
@@ -28,7 +31,8 @@ import zmq
 from jupyter_client.session import Session
 
 connection = json.load(open(sys.argv[sys.argv.index("-f") + 1]))
-session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
+session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"],
+                  **({"session": ""} if "--no-session" in sys.argv else {}))
 ctx = zmq.Context()
 
 
