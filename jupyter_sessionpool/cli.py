@@ -18,7 +18,11 @@ from typing import Any
 from ._version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Terminal escape sequences: CSI (colours, cursor moves), OSC (titles, links), character-set
+# selection (tput sgr0's ESC ( B) and the other two-character ones.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()*+][0-9A-Za-z]|[@-Z\\-_])")
+# What XML 1.0 cannot carry: C0 controls but tab, LF and CR; lone surrogates; U+FFFE and U+FFFF.
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,11 +205,13 @@ class _Display:
 
 
 def _shown(path: Path) -> str:
-    """A notebook's path as the user would type it: relative to here when it is below here."""
+    """A notebook's path as the user would type it: relative to here when it is below here, and
+    printable (a byte of the file name that is not UTF-8 shown as ``\\udcff``, not a crash)."""
     try:
-        return str(path.relative_to(Path.cwd()))
+        path = path.relative_to(Path.cwd())
     except ValueError:
-        return str(path)
+        pass
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _line(result: Any) -> str:
@@ -213,19 +219,35 @@ def _line(result: Any) -> str:
     return f"{result.status.upper():<11} {_shown(result.path)}  {result.cells}/{result.cells_total} cells  {result.duration:.2f} s{tail}"
 
 
+def _xml_text(text: str) -> str:
+    """``text`` as XML 1.0 can carry it: terminal escape sequences (colours, ``tput sgr0``'s
+    ``ESC ( B``) removed, and every other character XML 1.0 cannot hold (control characters
+    such as a progress bar's backspaces, NUL, lone surrogates) written as its Python escape
+    (``\\x08``), so nothing is silently lost."""
+    return _XML_ILLEGAL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"),
+                            _ANSI.sub("", text))
+
+
 def write_junit(results: list[Any], path: str) -> None:
-    """A JUnit XML report: one ``testcase`` per notebook, failures with the cell's traceback."""
+    """A JUnit XML report: one ``testcase`` per notebook, failures with the cell's traceback.
+
+    ``failed`` notebooks are failures, ``skipped`` ones skipped, any other that did not pass
+    (timed out, died, interrupted...) an error. Whatever the tracebacks and messages hold,
+    the file is well-formed XML.
+    """
     suite = ET.Element("testsuite", name="jupyter-sessionpool", tests=str(len(results)),
                        failures=str(sum(r.status == "failed" for r in results)),
-                       errors=str(sum(r.status in ("timeout", "died", "interrupted") for r in results)),
+                       errors=str(sum(r.status not in ("passed", "failed", "skipped") for r in results)),
                        skipped=str(sum(r.status == "skipped" for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=str(r.path.parent), name=r.path.name, time=f"{r.duration:.3f}")
+        case = ET.SubElement(suite, "testcase", classname=_xml_text(str(r.path.parent)), name=_xml_text(r.path.name),
+                             time=f"{r.duration:.3f}")
         if r.status == "skipped":
             ET.SubElement(case, "skipped", message="not run: the run stopped first")
         elif not r.ok:
             tag = "failure" if r.status == "failed" else "error"
-            node = ET.SubElement(case, tag, message=r.error or r.status, type=r.status)
-            node.text = _ANSI.sub("", "\n".join(r.traceback))
+            node = ET.SubElement(case, tag, message=_xml_text(r.error or r.status), type=r.status)
+            node.text = _xml_text("\n".join(r.traceback))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import nbformat
 import psutil
@@ -73,6 +74,22 @@ def test_exit_status_summary_and_junit_xml(tmp_path, capsys):
     assert list(cases["passes.ipynb"]) == []
     assert main(["run", str(tmp_path / "nbs" / "passes.ipynb"), "-q"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_junit_xml_is_well_formed_whatever_the_error_holds(tmp_path, capsys):
+    """ESC sequences (colours, tput sgr0), backspaces, NUL, and a path with an undecodable byte."""
+    odd = Path(os.fsdecode(str(tmp_path).encode() + b"/dir\xff\x01"))  # a lone surrogate and a control character
+    notebook(odd / "nb.ipynb", 'raise ValueError("red \\x1b[31mR\\x1b(B\\x1b[m bar 50%\\x08\\x08\\x08 nul \\x00 end")')
+    report = tmp_path / "junit.xml"
+    assert main(["run", str(odd / "nb.ipynb"), "--junit-xml", str(report), "-q"]) == 1
+    capsys.readouterr()
+    suite = ET.parse(report).getroot()  # raises ParseError if not well-formed
+    (case,) = suite.iter("testcase")
+    failure = case.find("failure")
+    assert failure.get("message") == "cell 0: ValueError: red R bar 50%\\x08\\x08\\x08 nul \\x00 end"
+    assert failure.text.endswith("ValueError: red R bar 50%\\x08\\x08\\x08 nul \\x00 end")
+    assert case.get("classname").endswith("dir\\udcff\\x01")
+    assert not kernels_of_this_process()
 
 
 def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):
