@@ -68,9 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     out = run.add_mutually_exclusive_group()
     out.add_argument("-o", "--output-dir", metavar="OUT_DIR", help="write executed notebooks here (default: not written)")
     out.add_argument("--inplace", action="store_true", help="write executed notebooks over their inputs")
+    # Parameters as papermill's command line takes them, merged in its order: -b, -f, -y, -p, -r (later wins).
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="a parameter (a Python literal where it parses, a string otherwise); repeatable")
-    run.add_argument("-f", "--parameters-file", metavar="PARAMS.yaml", help="parameters from a YAML mapping (-p wins)")
+                     help="a parameter, typed by papermill's rules (True/False/None, an int, a float, else the "
+                     "string as given); repeatable")
+    run.add_argument("-r", "--raw-parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter taken as a string, whatever it looks like; repeatable")
+    run.add_argument("-f", "--parameters-file", action="append", default=[], metavar="PARAMS.yaml",
+                     help="parameters from a YAML file holding a mapping; repeatable")
+    run.add_argument("-y", "--parameters-yaml", action="append", default=[], metavar="YAML",
+                     help="parameters from a YAML mapping given as a string; repeatable")
+    run.add_argument("-b", "--parameters-base64", action="append", default=[], metavar="BASE64",
+                     help="parameters from a base64-encoded YAML mapping; repeatable")
     run.add_argument("--timeout", type=_positive_float, metavar="S", help="seconds a whole notebook may run")
     run.add_argument("--cell-timeout", type=_positive_float, metavar="S", help="seconds one cell may run")
     run.add_argument("--kernel", metavar="NAME", help="kernelspec for every notebook (default: each notebook's own)")
@@ -95,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .batch import UsageError, load_parameters_file, parse_value, run_notebooks
+    from .batch import UsageError, check_output_file, collect_parameters, run_notebooks
 
     display = _Display(quiet=args.quiet)
     try:
-        parameters = load_parameters_file(args.parameters_file) if args.parameters_file else {}
-        parameters.update({name: parse_value(value) for name, value in args.parameter})
+        parameters = collect_parameters(base64_yaml=args.parameters_base64, files=args.parameters_file,
+                                        yaml_text=args.parameters_yaml, values=args.parameter, raw=args.raw_parameter)
+        if args.junit_xml:
+            check_output_file(args.junit_xml, "--junit-xml")
         results = run_notebooks(
             args.paths,
             jobs=args.jobs,
@@ -128,7 +139,12 @@ def _run(args: argparse.Namespace) -> int:
         status = EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
     display.summary(results)
     if args.junit_xml:
-        write_junit(results, args.junit_xml)
+        try:
+            write_junit(results, args.junit_xml)
+        except OSError as exc:  # checked before the run; the disk may have filled up since
+            print(f"jupyter-sessionpool run: cannot write the JUnit report {args.junit_xml!r}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            status = status or EXIT_FAILED
     if args.output_dir is None and not args.inplace and not args.quiet:
         print("(executed notebooks were not written; pass -o OUT_DIR to keep them)", file=sys.stderr)
     return status
