@@ -94,6 +94,9 @@ class _NoDatesSafeLoader(yaml.SafeLoader):
     }
 
 
+_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
 def parse_value(text: str) -> Any:
     """A ``-p NAME VALUE`` value by papermill's rules (its CLI's ``_resolve_type``).
 
@@ -101,8 +104,8 @@ def parse_value(text: str) -> Any:
     else what ``float()`` takes is a float (``nan``, ``1e3``, ``inf``), else it is the string
     as given (``[1, 2]`` and ``'quoted'`` included). ``-r`` takes a value as a string always.
     """
-    if text in ("True", "False", "None"):
-        return {"True": True, "False": False, "None": None}[text]
+    if text in _CONSTANTS:
+        return _CONSTANTS[text]
     for kind in (int, float):
         try:
             return kind(text)
@@ -113,7 +116,7 @@ def parse_value(text: str) -> Any:
 
 def _yaml_mapping(text: str | bytes, what: str) -> dict[Any, Any]:
     try:
-        data = yaml.load(text, Loader=_NoDatesSafeLoader)  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=_NoDatesSafeLoader)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -284,8 +287,10 @@ def check_directory(path: str | os.PathLike[str], what: str) -> Path:
     existing = target
     while not existing.exists():  # the first ancestor that exists is where the directory would be made
         existing = existing.parent
+    if existing == target and not existing.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a file, not a directory")
     if not existing.is_dir():
-        raise UsageError(f"{what} {str(path)!r} cannot be a directory: {str(existing)!r} is a file")
+        raise UsageError(f"{what} {str(path)!r} cannot be made: {str(existing)!r} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {str(path)!r} is not writable: no write permission in {str(existing)!r}")
     return target
@@ -496,6 +501,8 @@ def _unwritable(target: Path) -> str | None:
     """Why the executed notebook could not be written to ``target`` (its directory made now), or None."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        return f"cannot create {str(target.parent)!r}: a file is in the way"
     except OSError as exc:
         return f"cannot create {str(target.parent)!r}: {exc.strerror or exc}"
     if target.is_dir():
