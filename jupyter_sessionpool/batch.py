@@ -357,6 +357,8 @@ def _plan(
         python = languages[kernel] == "python"
         if parameters and not python:
             raise UsageError(f"parameters can only be injected into Python notebooks; {str(path)!r} runs {kernel!r}")
+        if not isinstance(nb.metadata.get("papermill", {}), dict):
+            raise UsageError(f"notebook {str(path)!r} has papermill metadata that is not a mapping; remove it")
         nb = _prepare(nb, parameters)
         # A Python kernel changes directory in a hidden first cell, so one prewarmed pool serves
         # every directory; other kernels get a pool started in the notebook's directory.

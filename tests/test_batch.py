@@ -360,10 +360,14 @@ def test_bad_requests_are_usage_errors_naming_the_problem(tmp_path):
     good = notebook(tmp_path / "good.ipynb", "1")
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.ipynb").write_text("{not json")
+    odd = nbformat.read(notebook(tmp_path / "odd" / "odd.ipynb", "1"), as_version=4)
+    odd.metadata["papermill"] = "not a mapping"
+    nbformat.write(odd, tmp_path / "odd" / "odd.ipynb")
     cases = {
         "no such notebook or directory": dict(paths=[tmp_path / "missing.ipynb"]),
         "no notebooks (*.ipynb) in directory": dict(paths=[tmp_path / "empty"]),
         "cannot read notebook": dict(paths=[tmp_path / "broken.ipynb"]),
+        "has papermill metadata that is not a mapping": dict(paths=[tmp_path / "odd" / "odd.ipynb"]),
         "jobs must be a whole number of at least 1, got 0": dict(paths=[good], jobs=0),
         "not a valid Python identifier": dict(paths=[good], parameters={"not a name": 1}),
         "no kernelspec named 'nope'": dict(paths=[good], kernel_name="nope"),
