@@ -8,16 +8,30 @@ say     := @printf '\n==> %s\n'
 
 .PHONY: demo test test-fast lab bench soak chromium clean
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || { printf '\n==> %s\n' "Creating $(VENV) with $(PY)"; $(PY) -m venv $(VENV); }
+DEMO_STAMP := $(VENV)/.installed-demo
+
+# The venv itself, with a pip recent enough for editable installs of a pyproject package.
+$(BIN)/python:
+	$(say) "Creating $(VENV) with $(PY)"
+	$(PY) -m venv $(VENV)
 	$(say) "Updating pip in $(VENV)"
 	$(BIN)/pip install -U pip
-	$(say) "Installing jupyter_sessionpool and its dependencies into $(VENV) (about a minute; building the JupyterLab extension)"
+
+# What the demo needs and nothing more: the package and its dependencies (no test tools, no
+# JupyterLab, and no build of the lab extension, which the demo does not use: no Node either).
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(say) "Installing jupyter_sessionpool and its dependencies into $(VENV) (about 45 packages, a minute)"
+	SKIP_JUPYTER_BUILDER=1 $(BIN)/pip install -e .
+	touch $(DEMO_STAMP)
+
+# Everything the suite needs; it includes what the demo needs, so the demo's stamp is set too.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(say) "Installing jupyter_sessionpool with its test tools into $(VENV) (a few minutes; building the JupyterLab extension)"
 	$(BIN)/pip install -e ".[test]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 	$(say) "$(VENV) is ready"
 
-demo: $(STAMP)  ## four sessions run a one-second cell at once
+demo: $(DEMO_STAMP)  ## four sessions run a one-second cell at once
 	$(say) "Running examples/demo.py: four sessions, four kernels, one-second cells at once"
 	$(BIN)/python examples/demo.py
 

@@ -18,7 +18,11 @@ from typing import Any
 from ._version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Terminal escape sequences: CSI (colours, cursor moves), OSC (titles, links), character-set
+# selection (tput sgr0's ESC ( B) and the other two-character ones.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()*+][0-9A-Za-z]|[@-Z\\-_])")
+# What XML 1.0 cannot carry: C0 controls but tab, LF and CR; lone surrogates; U+FFFE and U+FFFF.
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,9 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     out = run.add_mutually_exclusive_group()
     out.add_argument("-o", "--output-dir", metavar="OUT_DIR", help="write executed notebooks here (default: not written)")
     out.add_argument("--inplace", action="store_true", help="write executed notebooks over their inputs")
+    # Parameters as papermill's command line takes them, merged in its order: -b, -f, -y, -p, -r (later wins).
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="a parameter (a Python literal where it parses, a string otherwise); repeatable")
-    run.add_argument("-f", "--parameters-file", metavar="PARAMS.yaml", help="parameters from a YAML mapping (-p wins)")
+                     help="a parameter, typed by papermill's rules (True/False/None, an int, a float, else the "
+                     "string as given); repeatable")
+    run.add_argument("-r", "--raw-parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter taken as a string, whatever it looks like; repeatable")
+    run.add_argument("-f", "--parameters-file", action="append", default=[], metavar="PARAMS.yaml",
+                     help="parameters from a YAML file holding a mapping; repeatable")
+    run.add_argument("-y", "--parameters-yaml", action="append", default=[], metavar="YAML",
+                     help="parameters from a YAML mapping given as a string; repeatable")
+    run.add_argument("-b", "--parameters-base64", action="append", default=[], metavar="BASE64",
+                     help="parameters from a base64-encoded YAML mapping; repeatable")
     run.add_argument("--timeout", type=_positive_float, metavar="S", help="seconds a whole notebook may run")
     run.add_argument("--cell-timeout", type=_positive_float, metavar="S", help="seconds one cell may run")
     run.add_argument("--kernel", metavar="NAME", help="kernelspec for every notebook (default: each notebook's own)")
@@ -91,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .batch import UsageError, load_parameters_file, parse_value, run_notebooks
+    from .batch import UsageError, check_output_file, collect_parameters, run_notebooks
 
     display = _Display(quiet=args.quiet)
     try:
-        parameters = load_parameters_file(args.parameters_file) if args.parameters_file else {}
-        parameters.update({name: parse_value(value) for name, value in args.parameter})
+        parameters = collect_parameters(base64_yaml=args.parameters_base64, files=args.parameters_file,
+                                        yaml_text=args.parameters_yaml, values=args.parameter, raw=args.raw_parameter)
+        if args.junit_xml:
+            check_output_file(args.junit_xml, "--junit-xml")
         results = run_notebooks(
             args.paths,
             jobs=args.jobs,
@@ -124,7 +139,12 @@ def _run(args: argparse.Namespace) -> int:
         status = EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
     display.summary(results)
     if args.junit_xml:
-        write_junit(results, args.junit_xml)
+        try:
+            write_junit(results, args.junit_xml)
+        except OSError as exc:  # checked before the run; the disk may have filled up since
+            print(f"jupyter-sessionpool run: cannot write the JUnit report {args.junit_xml!r}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            status = status or EXIT_FAILED
     if args.output_dir is None and not args.inplace and not args.quiet:
         print("(executed notebooks were not written; pass -o OUT_DIR to keep them)", file=sys.stderr)
     return status
@@ -201,11 +221,13 @@ class _Display:
 
 
 def _shown(path: Path) -> str:
-    """A notebook's path as the user would type it: relative to here when it is below here."""
+    """A notebook's path as the user would type it: relative to here when it is below here, and
+    printable (a byte of the file name that is not UTF-8 shown as ``\\udcff``, not a crash)."""
     try:
-        return str(path.relative_to(Path.cwd()))
+        path = path.relative_to(Path.cwd())
     except ValueError:
-        return str(path)
+        pass
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _line(result: Any) -> str:
@@ -213,19 +235,35 @@ def _line(result: Any) -> str:
     return f"{result.status.upper():<11} {_shown(result.path)}  {result.cells}/{result.cells_total} cells  {result.duration:.2f} s{tail}"
 
 
+def _xml_text(text: str) -> str:
+    """``text`` as XML 1.0 can carry it: terminal escape sequences (colours, ``tput sgr0``'s
+    ``ESC ( B``) removed, and every other character XML 1.0 cannot hold (control characters
+    such as a progress bar's backspaces, NUL, lone surrogates) written as its Python escape
+    (``\\x08``), so nothing is silently lost."""
+    return _XML_ILLEGAL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"),
+                            _ANSI.sub("", text))
+
+
 def write_junit(results: list[Any], path: str) -> None:
-    """A JUnit XML report: one ``testcase`` per notebook, failures with the cell's traceback."""
+    """A JUnit XML report: one ``testcase`` per notebook, failures with the cell's traceback.
+
+    ``failed`` notebooks are failures, ``skipped`` ones skipped, any other that did not pass
+    (timed out, died, interrupted...) an error. Whatever the tracebacks and messages hold,
+    the file is well-formed XML.
+    """
     suite = ET.Element("testsuite", name="jupyter-sessionpool", tests=str(len(results)),
                        failures=str(sum(r.status == "failed" for r in results)),
-                       errors=str(sum(r.status in ("timeout", "died", "interrupted") for r in results)),
+                       errors=str(sum(r.status not in ("passed", "failed", "skipped") for r in results)),
                        skipped=str(sum(r.status == "skipped" for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=str(r.path.parent), name=r.path.name, time=f"{r.duration:.3f}")
+        case = ET.SubElement(suite, "testcase", classname=_xml_text(str(r.path.parent)), name=_xml_text(r.path.name),
+                             time=f"{r.duration:.3f}")
         if r.status == "skipped":
             ET.SubElement(case, "skipped", message="not run: the run stopped first")
         elif not r.ok:
             tag = "failure" if r.status == "failed" else "error"
-            node = ET.SubElement(case, tag, message=r.error or r.status, type=r.status)
-            node.text = _ANSI.sub("", "\n".join(r.traceback))
+            node = ET.SubElement(case, tag, message=_xml_text(r.error or r.status), type=r.status)
+            node.text = _xml_text("\n".join(r.traceback))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -1,33 +1,42 @@
 """run_notebooks: the same notebooks as papermill writes them, each on a fresh kernel of its own.
 
-Real kernels throughout; papermill (the reference) runs the same notebooks one at a time.
+Real kernels throughout; papermill (the reference) runs the same notebooks, each with its
+own command, and the written notebooks are compared field by field.
 """
 
 from __future__ import annotations
 
-import copy
+import base64
+import datetime
 import json
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import psutil
 import pytest
 
+from jupyter_sessionpool import __version__
 from jupyter_sessionpool.batch import (
     DIED,
+    ERROR,
     FAILED,
     PASSED,
     SKIPPED,
     TIMEOUT,
     UsageError,
+    collect_parameters,
     inject_parameters,
     load_parameters_file,
     parse_value,
     run_notebooks,
 )
+from jupyter_sessionpool.cli import main
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -55,112 +64,215 @@ def kernels_of_this_process() -> list[psutil.Process]:
 # ---- the reference: papermill ---------------------------------------------------------------------
 
 _ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
+PARAMETER_ARGS = ["-p", "alpha", "0123", "-p", "name", "'quoted'", "-p", "listy", "[1, 2]", "-p", "flag", "True",
+                  "-r", "raw", "0123", "-y", "{items: [1, two, null], when: 2024-01-01}", "-f", "PARAMS"]
+PARAMETERS = {"alpha": 123, "name": "'quoted'", "listy": "[1, 2]", "flag": True, "raw": "0123",
+              "items": [1, "two", None], "when": "2024-01-01", "from_file": {"k": [1.5, None]}}
 
 
-def normalised(path: Path) -> list[dict]:
-    """A notebook's cells as papermill and we should agree on them.
+def comparable(path: Path) -> dict:
+    """A written notebook as papermill and we must agree on it, field by field.
 
-    Dropped: papermill's error-marker cells, timing and papermill metadata, cell ids, memory
-    addresses; consecutive stream outputs of one name merged (nbclient keeps each message as an
-    output, the pool merges them; a front end shows them the same).
+    Left out: what differs between any two runs (cell ids, times, durations, the paths, the
+    writer's version) and memory addresses; the ``execution`` timing stamps are kept as the
+    set of keys written. Consecutive stream outputs of one name are merged (nbclient keeps
+    each message as an output, the pool merges them; a front end shows them the same).
     """
     nb = json.loads(path.read_text())
-    cells = []
+    meta = nb["metadata"]["papermill"]
+    for key in ("start_time", "end_time", "duration", "input_path", "output_path", "version"):
+        meta.pop(key, None)
     for cell in nb["cells"]:
-        tags = cell["metadata"].get("tags", [])
-        if "papermill-error-cell-tag" in tags:
-            continue
-        entry = {"type": cell["cell_type"], "source": "".join(cell["source"]), "tags": tags}
-        if cell["cell_type"] == "code":
-            outputs = []
-            for out in copy.deepcopy(cell["outputs"]):
-                if "text" in out:
-                    out["text"] = "".join(out["text"])
-                for key, value in out.get("data", {}).items():
-                    out["data"][key] = _ADDRESS.sub("0x…", "".join(value) if isinstance(value, list) else str(value))
-                if outputs and out["output_type"] == "stream" and outputs[-1].get("name") == out.get("name"):
-                    outputs[-1]["text"] += out["text"]
-                else:
-                    outputs.append(out)
-            entry.update(outputs=outputs, count=cell["execution_count"])
-            entry["status"] = cell["metadata"].get("papermill", {}).get("status")
-        cells.append(entry)
-    return cells
+        cell.pop("id", None)
+        cell["source"] = "".join(cell["source"])
+        for key in ("start_time", "end_time", "duration"):
+            cell["metadata"].get("papermill", {}).pop(key, None)
+        if "execution" in cell["metadata"]:
+            cell["metadata"]["execution"] = sorted(cell["metadata"]["execution"])
+        outputs = []
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = "".join(out["text"])
+            for key, value in out.get("data", {}).items():
+                out["data"][key] = _ADDRESS.sub("0x…", "".join(value) if isinstance(value, list) else str(value))
+            if outputs and out["output_type"] == "stream" and outputs[-1].get("name") == out.get("name"):
+                outputs[-1]["text"] += out["text"]
+            else:
+                outputs.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    return nb
 
 
-def papermill(source: Path, target: Path, parameters: dict) -> None:
-    args = [sys.executable, "-m", "papermill", str(source), str(target), "--cwd", str(source.parent)]
-    for name, value in parameters.items():
-        args += ["-y", json.dumps({name: value})]
-    subprocess.run(args, capture_output=True, timeout=120)  # exit 1 for a failing notebook: compared below
+def papermill(source: Path, target: Path, args: list[str]) -> int:
+    """papermill's own command on one notebook; its exit status (1 when the notebook fails, 138 when its kernel died)."""
+    cmd = [sys.executable, "-m", "papermill", str(source), str(target), "--cwd", str(source.parent),
+           "--no-progress-bar", *args]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=240).returncode
 
 
-@pytest.fixture
-def notebooks(tmp_path):
-    """Three notebooks in two directories, each reading a data file and a module next to itself."""
-    src = tmp_path / "src"
+def reader_notebooks(src: Path) -> None:
+    """Notebooks in two directories, each reading a data file and a module next to itself."""
     for sub in ("one", "two"):
         (src / sub).mkdir(parents=True)
         (src / sub / "data.txt").write_text(f"data of {sub}\n")
         (src / sub / "helper.py").write_text(f"WHERE = {sub!r}\n")
-    reader = "import helper\nprint(open('data.txt').read().strip(), helper.WHERE)"
+
+
+READER = "import helper\nprint(open('data.txt').read().strip(), helper.WHERE)"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The same notebooks run by us (one command, -j 2) and by papermill (one command each), with the same parameters."""
+    base = tmp_path_factory.mktemp("corpus")
+    src = base / "src"
+    reader_notebooks(src)
     notebook(
         src / "one" / "params.ipynb",
         ("alpha = 1\nname = 'default'", ["parameters"]),
-        reader,
+        READER,
         "print('a', flush=True); import sys; print('err', file=sys.stderr, flush=True); print('b')",
-        "from IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\nalpha * 2, name",
+        "from IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\nalpha * 2, name, listy, flag, raw",
         "",
         "progress = display('step 0', display_id=True)",
         "progress.update('step 1 of 1, from a later cell')",  # nbclient updates the earlier cell's output
         markdown_first=True,
     )
-    notebook(src / "one" / "fails.ipynb", reader, "x = 1", "raise ValueError(f'bad {x}')", "print('never')")
-    notebook(
-        src / "two" / "noparams.ipynb",
-        reader,
-        ("1/0", ["raises-exception"]),
-        "print(alpha)\nobject()",
-    )
-    return src
+    notebook(src / "one" / "fails.ipynb", READER, "x = 1", "raise ValueError(f'bad {x}')", "print('never')",
+             markdown_first=True)
+    notebook(src / "two" / "noparams.ipynb", READER, "print(items, when)")
+    rerun = notebook(src / "two" / "rerun.ipynb", ("a = 0", ["parameters"]), "print('rerun', a)")
+    nb = nbformat.read(rerun, as_version=4)  # an earlier papermill output: its banners, injected cell and metrics
+    nb.metadata["papermill"] = {"metrics": {"auc": 0.93}, "parameters": {"a": 5}}
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("old banner", metadata={"tags": ["papermill-error-cell-tag"]}))
+    nb.cells.insert(2, nbformat.v4.new_code_cell("a = 5", metadata={"tags": ["injected-parameters"]}))
+    nbformat.write(nb, rerun)
+    exits = {"sys_exit": "import sys\nsys.exit()", "exit_zero": "raise SystemExit(0)", "bare": "raise SystemExit",
+             "exit_one": "import sys\nsys.exit(1)", "exit_text": "raise SystemExit('stop here')"}
+    for name, code in exits.items():
+        notebook(src / "exits" / f"{name}.ipynb", "print('before')", code, "print('never after an exit')")
+    notebook(src / "exits" / "dies.ipynb", "print('about to die', flush=True)",  # a moment for 'dying' to leave
+             "import os, signal, time\nprint('dying', flush=True)\ntime.sleep(0.5)\nos.kill(os.getpid(), signal.SIGKILL)",
+             "print('never')")
+    params_file = base / "params.yaml"
+    params_file.write_text("from_file: {k: [1.5, null]}\nalpha: 7  # -p wins\n")
+    args = [str(params_file) if a == "PARAMS" else a for a in PARAMETER_ARGS]
+
+    ours, theirs = base / "ours", base / "papermill"
+    report = base / "report.xml"
+    status = main(["run", str(src), "-o", str(ours), "-j", "2", "-q", "--junit-xml", str(report), *args])
+    names = [nb_path.relative_to(src) for nb_path in sorted(src.rglob("*.ipynb"))]
+    with ThreadPoolExecutor(3) as threads:  # a few at a time: the machine is shared
+        codes = threads.map(lambda name: papermill(src / name, theirs / name, args), names)
+        exit_codes = dict(zip(names, codes))
+    return SimpleNamespace(src=src, ours=ours, theirs=theirs, status=status, exit_codes=exit_codes, report=report)
 
 
-def test_outputs_equal_papermill_with_parameters_failures_and_cwd(notebooks, tmp_path):
-    out = tmp_path / "out"
-    parameters = {"alpha": 21, "name": "from -p", "items": [1, "two", None]}
-    results = run_notebooks([notebooks], output_dir=out, parameters=parameters, jobs=2)
+SAME_AS_PAPERMILL = ["one/params.ipynb", "one/fails.ipynb", "two/noparams.ipynb", "two/rerun.ipynb",
+                     *(f"exits/{n}.ipynb" for n in ("sys_exit", "exit_zero", "bare", "exit_one", "exit_text"))]
 
-    by_name = {r.name: r for r in results}
-    assert [r.path.name for r in results] == ["fails.ipynb", "params.ipynb", "noparams.ipynb"]  # input order
-    assert by_name["params.ipynb"].status == PASSED and by_name["noparams.ipynb"].status == PASSED
-    failed = by_name["fails.ipynb"]
-    assert failed.status == FAILED and "ValueError: bad 1" in failed.error and failed.cells == 4  # injected + 3
-    for r in results:
-        assert r.output_path == out / r.path.relative_to(notebooks)
 
-    reference = tmp_path / "papermill"
-    for r in results:
-        target = reference / r.path.relative_to(notebooks)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        papermill(r.path, target, parameters)
-        assert normalised(r.output_path) == normalised(target), r.name
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", SAME_AS_PAPERMILL)
+def test_written_notebooks_equal_papermills_field_by_field(corpus, name):
+    """Outputs, counts, cell metadata (papermill status, timing keys, tags), papermill's
+    metadata (parameters, its defaults, the input's own keys) and its error banners."""
+    assert comparable(corpus.ours / name) == comparable(corpus.theirs / name)
 
-    # what papermill's readers look at: injected cell placement, parameters, timing keys
-    ours = nbformat.read(out / "one" / "params.ipynb", as_version=4)
-    theirs = nbformat.read(reference / "one" / "params.ipynb", as_version=4)
-    assert [c.metadata.get("tags") for c in ours.cells][:3] == [None, ["parameters"], ["injected-parameters"]]
-    assert ours.metadata.papermill.parameters == parameters
+
+@pytest.mark.timeout(300)
+def test_pass_or_fail_as_papermill_decides_sys_exit_included(corpus):
+    suite = ET.parse(corpus.report).getroot()
+    statuses = {}
+    for case in suite.iter("testcase"):
+        name = str(Path(case.get("classname")).relative_to(corpus.src.resolve()) / case.get("name"))
+        statuses[name] = "failed" if case.find("failure") is not None else "error" if case.find("error") is not None else "passed"
+    for name in SAME_AS_PAPERMILL:  # papermill exits 0 for a notebook it passes, 1 for one that failed
+        assert statuses[name] == {0: "passed", 1: "failed"}[corpus.exit_codes[Path(name)]], name
+    assert {n for n, s in statuses.items() if s == "passed"} >= {"exits/sys_exit.ipynb", "exits/exit_zero.ipynb",
+                                                                 "exits/bare.ipynb"}
+    assert statuses["exits/exit_one.ipynb"] == statuses["exits/exit_text.ipynb"] == "failed"
+    assert corpus.status == 1
+
+
+@pytest.mark.timeout(300)
+def test_papermill_metadata_parameters_and_banners(corpus):
+    ours = nbformat.read(corpus.ours / "one" / "params.ipynb", as_version=4)
+    meta = ours.metadata.papermill
+    assert meta.parameters == PARAMETERS
+    assert meta.default_parameters == {} and meta.environment_variables == {}
+    assert meta.version == __version__ and meta.exception is None
+    assert [c.metadata.tags for c in ours.cells][:3] == [[], ["parameters"], ["injected-parameters"]]
+    injected = ours.cells[2].source
+    assert "alpha = 123\n" in injected and "name = \"'quoted'\"\n" in injected and 'listy = "[1, 2]"\n' in injected
+    theirs = nbformat.read(corpus.theirs / "one" / "params.ipynb", as_version=4)
     assert ours.metadata.language_info == theirs.metadata.language_info
-    timing = {"iopub.status.busy", "iopub.execute_input", "shell.execute_reply", "iopub.status.idle"}
-    for mine, pm in zip(ours.cells, theirs.cells):
-        if mine.cell_type == "code" and mine.source.strip():
-            assert set(mine.metadata.execution) == set(pm.metadata.execution) == timing
     shown = [c for c in ours.cells if c.source.startswith("progress = display")][0]
     assert shown.outputs[0]["data"]["text/plain"] == "'step 1 of 1, from a later cell'"
-    noparams = nbformat.read(out / "two" / "noparams.ipynb", as_version=4)
-    assert noparams.cells[0].metadata.tags == ["injected-parameters"]
+    noparams = nbformat.read(corpus.ours / "two" / "noparams.ipynb", as_version=4)
     assert "data of two two" in noparams.cells[1].outputs[0]["text"]  # its own directory, not the first one's
+
+    rerun = nbformat.read(corpus.ours / "two" / "rerun.ipynb", as_version=4)
+    assert rerun.metadata.papermill.metrics == {"auc": 0.93}  # the input's own keys are kept
+    assert "version" not in rerun.metadata.papermill  # papermill adds its defaults only to a notebook without any
+    assert "old banner" not in [c.source for c in rerun.cells]
+
+    failed = nbformat.read(corpus.ours / "one" / "fails.ipynb", as_version=4)
+    banners = [i for i, c in enumerate(failed.cells) if "papermill-error-cell-tag" in c.metadata.get("tags", [])]
+    assert banners == [0, 5]  # the note on top, the anchor right before the failing cell
+    assert "An Exception was encountered at '<a href=\"#papermill-error-cell\">In [4]</a>'" in failed.cells[0].source
+    assert failed.cells[6].source.startswith("raise ValueError") and failed.cells[6].execution_count == 4
+    assert [c.metadata.papermill.status for c in failed.cells[1:] if "papermill" in c.metadata] == [
+        "completed", "completed", "completed", "completed", "failed", "pending"]
+
+
+@pytest.mark.timeout(300)
+def test_a_dead_kernels_cell_has_only_the_timing_its_messages_gave(corpus):
+    ours = nbformat.read(corpus.ours / "exits" / "dies.ipynb", as_version=4)
+    theirs = nbformat.read(corpus.theirs / "exits" / "dies.ipynb", as_version=4)
+    assert corpus.exit_codes[Path("exits/dies.ipynb")] == 138  # papermill's exit status for a dead kernel
+    dead, began = ours.cells[2], {"iopub.status.busy", "iopub.execute_input"}
+    # No reply, no idle: no message carried them. The cell's first messages came if its count did
+    # (on a loaded machine a kernel can die before its iopub thread sends them).
+    assert set(dead.metadata.execution) == (began if dead.execution_count is not None else set())
+    assert set(theirs.cells[2].metadata.execution) <= began
+    assert dead.metadata.papermill.status == "failed" and dead.metadata.papermill.exception is True
+    assert [o["text"] for o in dead.outputs] in (["dying\n"], [])
+    assert set(ours.cells[1].metadata.execution) == set(theirs.cells[1].metadata.execution)
+    assert ours.metadata.papermill.exception is True
     assert not kernels_of_this_process()
+
+
+def test_parameter_values_by_papermills_rules():
+    from papermill.cli import _resolve_type
+
+    for text in ["0123", "nan", "'quoted'", "[1, 2]", "True", "False", "None", "false", "1_000", " 7 ", "1e3",
+                 "-inf", "1+2j", "{1, 2}", "0x10", "", "١٢", "3.0", "hello world"]:
+        ours, theirs = parse_value(text), _resolve_type(text)
+        assert type(ours) is type(theirs) and (ours == theirs or ours != ours and theirs != theirs), text
+
+
+def test_parameters_merge_in_papermills_order(tmp_path):
+    """-b, -f, -y, -p, -r, later wins: the same parameters papermill's --prepare-only records."""
+    params = tmp_path / "p.yaml"
+    params.write_text("a: file\nb: file\nc: file\nd: file\nwhen: 2024-01-02\n")
+    encoded = base64.b64encode(b"a: b64\nb: b64\nz: [1, 2]\n").decode()
+    args = ["-b", encoded, "-f", str(params), "-y", "b: yaml\nc: yaml", "-p", "c", "12", "-p", "d", "x",
+            "-r", "d", "raw", "-r", "e", "True", "-y", "f: {g: 1}"]
+    nb = notebook(tmp_path / "nb.ipynb", "1")
+    done = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "--prepare-only",
+                           *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    prepared = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    theirs = prepared.metadata.papermill.parameters
+    ours = collect_parameters(base64_yaml=[encoded], files=[params], yaml_text=["b: yaml\nc: yaml", "f: {g: 1}"],
+                              values=[("c", "12"), ("d", "x")], raw=[("d", "raw"), ("e", "True")])
+    assert ours == theirs == {"a": "file", "b": "yaml", "c": 12, "d": "raw", "e": "True", "f": {"g": 1},
+                              "when": "2024-01-02", "z": [1, 2]}
+    injected = inject_parameters(nbformat.read(nb, as_version=4), ours).cells[0]  # in the same order, written the same
+    assert injected.source == prepared.cells[0].source and injected.metadata == {"tags": ["injected-parameters"]}
 
 
 def test_each_notebook_gets_a_fresh_kernel_of_its_own(tmp_path):
@@ -189,13 +301,17 @@ def test_timeouts_and_a_killed_kernel_are_reported_and_the_others_finish(tmp_pat
     assert written.cells[0].outputs[0]["text"] == "before the hang\n"
     assert "hanging" in written.cells[1].outputs[0]["text"]
     assert written.cells[1].metadata.papermill.status == "failed" and written.cells[2].outputs == []
+    assert "iopub.status.idle" in written.cells[1].metadata.execution  # interrupted, it ended: its idle came
 
     slow = results["slow.ipynb"]
     assert slow.status == TIMEOUT and "notebook timed out after 6 s" in slow.error and slow.cells < 6
 
     died = results["dies.ipynb"]
     assert died.status == DIED and "cell 1" in died.error
-    assert nbformat.read(out / "dies.ipynb", as_version=4).cells[0].outputs[0]["text"] == "about to die\n"
+    dead = nbformat.read(out / "dies.ipynb", as_version=4)
+    assert dead.cells[0].outputs[0]["text"] == "about to die\n"
+    began = {"iopub.status.busy", "iopub.execute_input"} if dead.cells[1].execution_count is not None else set()
+    assert set(dead.cells[1].metadata.execution) == began  # no reply, no idle came
 
     fine = results["fine.ipynb"]
     assert fine.status == PASSED and fine.notebook.cells[1].outputs[0]["data"]["text/plain"] == "42"
@@ -210,6 +326,38 @@ def test_fail_fast_skips_the_rest(tmp_path):
     assert results[1].cells == 0
 
 
+def test_an_output_path_that_cannot_be_written_fails_only_its_notebook(tmp_path):
+    """A directory where b's output goes: b is an error (not run), the others pass and are written.
+    c turns its own output path into a directory while it runs: its write fails, alone."""
+    src, out = tmp_path / "src", (tmp_path / "out").resolve()
+    notebook(src / "a.ipynb", "print('a')")
+    notebook(src / "b.ipynb", "print('b')")
+    notebook(src / "c.ipynb", f"import os\nos.makedirs({str(out / 'c.ipynb')!r})")
+    notebook(src / "d.ipynb", "print('d')")
+    (out / "b.ipynb").mkdir(parents=True)
+    results = {r.name: r for r in run_notebooks([src], output_dir=out, jobs=2)}
+
+    assert results["a.ipynb"].status == results["d.ipynb"].status == PASSED
+    assert nbformat.read(out / "d.ipynb", as_version=4).cells[0].outputs[0]["text"] == "d\n"
+    b = results["b.ipynb"]
+    assert b.status == ERROR and b.error == f"cannot write {str(out / 'b.ipynb')!r}: it is a directory" and b.cells == 0
+    c = results["c.ipynb"]
+    assert c.status == ERROR and c.cells == 1 and "\n" not in c.error
+    assert c.error.startswith(f"cannot write the executed notebook to {str(out / 'c.ipynb')!r}: IsADirectoryError")
+    assert not kernels_of_this_process()
+
+
+def test_cells_tagged_raises_exception_may_fail_and_skip_execution_is_skipped(tmp_path):
+    """nbclient's rules (papermill's own check fails a notebook on any error output, tagged or not)."""
+    nb = notebook(tmp_path / "nb.ipynb", ("1/0", ["raises-exception"]), ("print('skipped')", ["skip-execution"]),
+                  "print('after')")
+    (result,) = run_notebooks([nb])
+    assert result.status == PASSED and result.cells == 2
+    cells = result.notebook.cells
+    assert cells[0].outputs[0]["ename"] == "ZeroDivisionError" and cells[0].metadata.papermill.status == "completed"
+    assert cells[1].outputs == [] and cells[2].outputs[0]["text"] == "after\n"
+
+
 # ---- the request is checked before any kernel starts ---------------------------------------------
 
 
@@ -217,15 +365,22 @@ def test_bad_requests_are_usage_errors_naming_the_problem(tmp_path):
     good = notebook(tmp_path / "good.ipynb", "1")
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.ipynb").write_text("{not json")
+    odd = nbformat.read(notebook(tmp_path / "odd" / "odd.ipynb", "1"), as_version=4)
+    odd.metadata["papermill"] = "not a mapping"
+    nbformat.write(odd, tmp_path / "odd" / "odd.ipynb")
     cases = {
         "no such notebook or directory": dict(paths=[tmp_path / "missing.ipynb"]),
         "no notebooks (*.ipynb) in directory": dict(paths=[tmp_path / "empty"]),
         "cannot read notebook": dict(paths=[tmp_path / "broken.ipynb"]),
+        "has papermill metadata that is not a mapping": dict(paths=[tmp_path / "odd" / "odd.ipynb"]),
         "jobs must be a whole number of at least 1, got 0": dict(paths=[good], jobs=0),
         "not a valid Python identifier": dict(paths=[good], parameters={"not a name": 1}),
         "no kernelspec named 'nope'": dict(paths=[good], kernel_name="nope"),
         "either an output directory or inplace": dict(paths=[good], output_dir=tmp_path / "o", inplace=True),
         "would overwrite it": dict(paths=[good], output_dir=tmp_path),
+        f"output directory {str(good)!r} is a file, not a directory": dict(paths=[good], output_dir=good),
+        f"output directory {str(good / 'sub')!r} cannot be made: {str(good)!r} is a file":
+            dict(paths=[good], output_dir=good / "sub"),
         "timeout must be a positive number": dict(paths=[good], timeout=-1),
     }
     for message, kwargs in cases.items():
@@ -242,13 +397,35 @@ def test_same_name_in_two_places_would_collide(tmp_path):
         run_notebooks([a, b], output_dir=tmp_path / "out")
 
 
+def test_parameters_that_cannot_go_into_a_notebook_are_refused_before_anything_runs(tmp_path):
+    """Each must be written as JSON (the notebook's metadata) and as Python (the injected cell)."""
+    good = notebook(tmp_path / "good.ipynb", "1")
+    cases = {
+        "parameter name 'class' is a Python keyword": {"class": 3},
+        "parameter name 'None' is a Python keyword": {"None": 1},
+        "parameter name '__debug__' is a Python keyword": {"__debug__": 1},
+        "parameter 'c' is a complex": {"c": 1 + 2j},
+        "parameter 's' is a set": {"s": {1, 2}},
+        "parameter 't' is a tuple": {"t": (1, 2)},
+        "parameter 'b' is a bytes": collect_parameters(yaml_text=["b: !!binary aGVsbG8="]),
+        "parameter 'd'['k'] is a datetime": {"d": {"k": datetime.datetime(2024, 1, 1)}},
+        "parameter 'u' holds text that is not valid Unicode": {"u": "bad \udcff"},
+        "parameter 'xs'[1] holds text that is not valid Unicode": {"xs": ["ok", "\ud800"]},
+        "parameter 'm' has a key (1, 2)": {"m": {(1, 2): 1}},
+    }
+    for message, parameters in cases.items():
+        with pytest.raises(UsageError, match=re.escape(message)):
+            run_notebooks([good], parameters=parameters)
+    assert not kernels_of_this_process()
+
+
 def test_parameter_values_and_files(tmp_path):
-    assert parse_value("3") == 3 and parse_value("2.5") == 2.5 and parse_value("[1, 'a']") == [1, "a"]
-    assert parse_value("True") is True and parse_value("None") is None
+    assert parse_value("3") == 3 and parse_value("2.5") == 2.5 and parse_value("[1, 'a']") == "[1, 'a']"
+    assert parse_value("True") is True and parse_value("None") is None and parse_value("0123") == 123
     assert parse_value("hello world") == "hello world" and parse_value("1 +") == "1 +"
     good = tmp_path / "p.yaml"
-    good.write_text("alpha: 3\nnames: [a, b]\n")
-    assert load_parameters_file(good) == {"alpha": 3, "names": ["a", "b"]}
+    good.write_text("alpha: 3\nnames: [a, b]\nwhen: 2024-05-01\n")
+    assert load_parameters_file(good) == {"alpha": 3, "names": ["a", "b"], "when": "2024-05-01"}  # no dates, as papermill
     (tmp_path / "bad.yaml").write_text("alpha: [unclosed\n")
     with pytest.raises(UsageError, match="is not valid YAML at line"):
         load_parameters_file(tmp_path / "bad.yaml")
@@ -257,6 +434,10 @@ def test_parameter_values_and_files(tmp_path):
         load_parameters_file(tmp_path / "list.yaml")
     with pytest.raises(UsageError, match="cannot read parameters file"):
         load_parameters_file(tmp_path / "missing.yaml")
+    with pytest.raises(UsageError, match="-b value #1 is not base64"):
+        collect_parameters(base64_yaml=["abc"])
+    with pytest.raises(UsageError, match="-y value #2 must hold a mapping"):
+        collect_parameters(yaml_text=["a: 1", "[1]"])
 
 
 def test_injection_replaces_an_earlier_injected_cell():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import nbformat
 import psutil
@@ -31,8 +32,8 @@ def test_help_and_version():
     assert done.returncode == 0 and done.stdout.strip() == f"jupyter-sessionpool {__version__}"
     done = command("run", "--help")
     assert done.returncode == 0
-    for flag in ("-j", "-o", "-p NAME VALUE", "-f", "--timeout", "--cell-timeout", "--kernel", "--junit-xml",
-                 "--gateway-url", "--fail-fast", "--quiet", "--inplace"):
+    for flag in ("-j", "-o", "-p NAME VALUE", "-r NAME VALUE", "-f", "-y YAML", "-b BASE64", "--timeout",
+                 "--cell-timeout", "--kernel", "--junit-xml", "--gateway-url", "--fail-fast", "--quiet", "--inplace"):
         assert flag in done.stdout
 
 
@@ -48,6 +49,14 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys):
         ("run", str(good), "--kernel", "nope"): "no kernelspec named 'nope'",
         ("run", str(good), "-o", str(tmp_path / "o"), "--inplace"): "not allowed with argument",
         ("run",): "the following arguments are required: NOTEBOOK_OR_DIR",
+        ("run", str(good), "-p", "class", "3"): "parameter name 'class' is a Python keyword",
+        ("run", str(good), "-o", str(good)): f"output directory {str(good)!r} is a file, not a directory",
+        ("run", str(good), "-o", str(good / "sub")): f"cannot be made: {str(good)!r} is a file",
+        ("run", str(good), "--junit-xml", str(tmp_path)): f"--junit-xml {str(tmp_path)!r} is a directory, not a file",
+        ("run", str(good), "--junit-xml", str(good / "r.xml")): f"the directory of --junit-xml {str(good)!r} is a file",
+        ("run", str(good), "-y", "s: !!set {a, b}"): "parameter 's' is a set",
+        ("run", str(good), "-y", "[1, 2]"): "-y value #1 must hold a mapping",
+        ("run", str(good), "-b", "not base64"): "-b value #1 is not base64",
     }
     for argv, message in cases.items():
         assert main(list(argv)) == 2, argv
@@ -73,6 +82,49 @@ def test_exit_status_summary_and_junit_xml(tmp_path, capsys):
     assert list(cases["passes.ipynb"]) == []
     assert main(["run", str(tmp_path / "nbs" / "passes.ipynb"), "-q"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_values_papermill_keeps_as_strings_are_injected_and_written(tmp_path, capsys):
+    """-p msg 1+2j and -p msg "{1, 2}" are strings by papermill's rules: they run and are written."""
+    nb = notebook(tmp_path / "nb.ipynb", "print(repr(msg), repr(other), repr(n))")
+    out = tmp_path / "out"
+    assert main(["run", str(nb), "-o", str(out), "-q", "-p", "msg", "1+2j", "-p", "other", "{1, 2}", "-p", "n", "0123"]) == 0
+    written = nbformat.read(out / "nb.ipynb", as_version=4)
+    assert written.cells[1].outputs[0]["text"] == "'1+2j' '{1, 2}' 123\n"
+    assert written.metadata.papermill.parameters == {"msg": "1+2j", "other": "{1, 2}", "n": 123}
+
+
+def test_an_unwritable_output_ends_only_its_notebook_and_the_report_is_written(tmp_path, capsys):
+    src, out, report = tmp_path / "src", tmp_path / "out", tmp_path / "reports" / "junit.xml"
+    notebook(src / "a.ipynb", "print('a')")
+    notebook(src / "b.ipynb", "print('b')")
+    (out / "b.ipynb").mkdir(parents=True)
+    assert main(["run", str(src), "-o", str(out), "--junit-xml", str(report)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "1/2 passed" in captured.out and "it is a directory" in captured.out  # the summary
+    assert nbformat.read(out / "a.ipynb", as_version=4).cells[0].outputs[0]["text"] == "a\n"
+    suite = ET.parse(report).getroot()
+    assert suite.get("tests") == "2" and suite.get("errors") == "1" and suite.get("failures") == "0"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert list(cases["a.ipynb"]) == [] and "it is a directory" in cases["b.ipynb"].find("error").get("message")
+    assert not kernels_of_this_process()
+
+
+def test_junit_xml_is_well_formed_whatever_the_error_holds(tmp_path, capsys):
+    """ESC sequences (colours, tput sgr0), backspaces, NUL, and a path with an undecodable byte."""
+    odd = Path(os.fsdecode(str(tmp_path).encode() + b"/dir\xff\x01"))  # a lone surrogate and a control character
+    notebook(odd / "nb.ipynb", 'raise ValueError("red \\x1b[31mR\\x1b(B\\x1b[m bar 50%\\x08\\x08\\x08 nul \\x00 end")')
+    report = tmp_path / "junit.xml"
+    assert main(["run", str(odd / "nb.ipynb"), "--junit-xml", str(report), "-q"]) == 1
+    capsys.readouterr()
+    suite = ET.parse(report).getroot()  # raises ParseError if not well-formed
+    (case,) = suite.iter("testcase")
+    failure = case.find("failure")
+    assert failure.get("message") == "cell 0: ValueError: red R bar 50%\\x08\\x08\\x08 nul \\x00 end"
+    assert failure.text.endswith("ValueError: red R bar 50%\\x08\\x08\\x08 nul \\x00 end")
+    assert case.get("classname").endswith("dir\\udcff\\x01")
+    assert not kernels_of_this_process()
 
 
 def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):

@@ -1,19 +1,23 @@
-"""The package as a user gets it: the sdist and the wheel, each installed into a fresh venv.
+"""The package as a user gets it: the README's install block run as written, and the sdist.
 
-One ``python -m build`` of a clean copy of the checkout (tracked and new files only, so the
-JupyterLab extension is built from source, exactly once); then the wheel is installed into
-one fresh venv and the sdist, with Node hidden from PATH, into another. In each we look for
-what a user relies on: the prebuilt extension enabled, ``%load_ext jupyter_sessionpool``,
-``py.typed``, the license and the ``jupyter-sessionpool`` script.
+The README's Install block runs line by line, as written, in a fresh venv (with pip, and
+nothing else) on a clean copy of the checkout (tracked and new files only, so the
+JupyterLab extension is built from source, exactly once): ``pip install build``, ``python
+-m build``, ``pip install`` of the wheel with its own dependencies, and the checks it shows
+— which must work with what the wheel brings (JupyterLab is not among it). So the block
+cannot rot. That venv is then checked for what a user relies on: the prebuilt extension
+enabled, ``%load_ext jupyter_sessionpool``, ``py.typed``, the license and the
+``jupyter-sessionpool`` script. The sdist goes, with Node hidden from PATH, into another
+fresh venv and is checked the same way.
 
-To stay fast, the fresh venvs have no pip of their own (this venv's pip installs into them
-with ``--python``) and the package goes in with ``--no-deps``; only afterwards a ``.pth``
-file lets each venv import the dependencies (JupyterLab, IPython, jupyter_client...) from
-the venv running this test. A plain path in a ``.pth`` file is not a site directory, so
-that venv's own editable install of jupyter_sessionpool is not picked up; each check also
-asserts that what it found lives inside the fresh venv. The builds are a user's, build
-isolation and all: they need PyPI (the build environments) and the npm registry
-(``jlpm install``).
+For the checks that need JupyterLab (``jupyter labextension list``), and to keep the sdist's
+venv fast (no pip of its own: this venv's pip installs into it with ``--python``, and the
+package goes in with ``--no-deps``), a ``.pth`` file afterwards lets each venv import what
+it lacks from the venv running this test. A plain path in a ``.pth`` file is not a site
+directory, so that venv's own editable install of jupyter_sessionpool is not picked up;
+each check also asserts that what it found lives inside the fresh venv. The builds are a
+user's, build isolation and all: they need PyPI (the build environments) and the npm
+registry (``jlpm install``).
 """
 
 from __future__ import annotations
@@ -78,9 +82,28 @@ class Venv:
         return found
 
 
+def readme_install_block() -> list[str]:
+    """The command lines of README.md's Install block, as written."""
+    section = (ROOT / "README.md").read_text().split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+@dataclass
+class ReadmeRun:
+    base: Path
+    venv: Venv
+    printed: dict[str, str]  # command line -> what it printed
+    lacked: dict[str, bool]  # module -> whether the venv could not import it before the block ran (build) or after it (jupyterlab)
+
+    def output_of(self, start: str) -> str:
+        (found,) = [out for line, out in self.printed.items() if line.startswith(start)]
+        return found
+
+
 @pytest.fixture(scope="module")
-def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
-    """The sdist and the wheel that `python -m build` makes from a clean copy of this checkout."""
+def readme(tmp_path_factory: pytest.TempPathFactory) -> ReadmeRun:
+    """README's Install block, line by line as written, in a fresh venv on a clean copy of this checkout."""
     base = tmp_path_factory.mktemp("packaging")
     src = base / "src"
     files = subprocess.run(
@@ -93,13 +116,31 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
             shutil.copy2(ROOT / name, src / name)
     assert not (src / "jupyter_sessionpool" / "labextension").exists(), "the copy must lack the built extension"
 
-    start = time.monotonic()
-    env = clean_env(YARN_ENABLE_GLOBAL_CACHE="1")  # keep the npm packages for the next run, not in the copy
-    log = run([sys.executable, "-m", "build", "--outdir", base / "dist", src], cwd=base, env=env)
-    print(f"python -m build: {time.monotonic() - start:.0f} s")
-    (sdist,) = (base / "dist").glob("*.tar.gz")
-    (wheel,) = (base / "dist").glob("*.whl")
-    return Dists(sdist, wheel, log)
+    venv = Venv(base / "venv")
+    run([sys.executable, "-m", "venv", venv.root], cwd=base)
+    # as `source venv/bin/activate` leaves it; the npm packages kept for the next run, not in the copy
+    env = clean_env(PATH=f"{venv.root / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv.root),
+                    YARN_ENABLE_GLOBAL_CACHE="1")
+
+    def lacks(module: str) -> bool:
+        return subprocess.run([venv.python, "-c", f"import {module}"], cwd=base, env=env, capture_output=True).returncode != 0
+
+    lacked = {"build": lacks("build")}
+    printed = {}
+    for line in readme_install_block():
+        start = time.monotonic()
+        printed[line] = run(["bash", "-c", line.replace("/tmp/dist", str(base / "dist"))], cwd=src, env=env)
+        print(f"{line[:60]}: {time.monotonic() - start:.0f} s")
+    lacked["jupyterlab"] = lacks("jupyterlab")
+    return ReadmeRun(base, venv, printed, lacked)
+
+
+@pytest.fixture(scope="module")
+def dists(readme: ReadmeRun) -> Dists:
+    """The sdist and the wheel that the README's `python -m build` made."""
+    (sdist,) = (readme.base / "dist").glob("*.tar.gz")
+    (wheel,) = (readme.base / "dist").glob("*.whl")
+    return Dists(sdist, wheel, readme.output_of("python -m build"))
 
 
 def fresh_venv(root: Path, install: Path, path: str) -> Venv:
@@ -130,8 +171,10 @@ def path_without_node(shim: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def wheel_venv(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Venv:
-    return fresh_venv(tmp_path_factory.mktemp("wheel") / "venv", dists.wheel, os.environ["PATH"])
+def wheel_venv(readme: ReadmeRun) -> Venv:
+    """The README's venv (the wheel and its dependencies), given the test venv's site-packages for JupyterLab."""
+    (readme.venv.site_packages() / "_test_venv_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return readme.venv
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +211,8 @@ def check_installed(venv: Venv) -> None:
     assert "jupyter-sessionpool = jupyter_sessionpool.cli:main" in (dist_info / "entry_points.txt").read_text()
     script = venv.root / "bin" / "jupyter-sessionpool"
     assert os.access(script, os.X_OK)
-    assert script.read_text().splitlines()[0] == f"#!{venv.python}"
+    shebang = script.read_text().splitlines()[0]
+    assert shebang.startswith("#!") and Path(shebang[2:]).parent == venv.root / "bin", shebang
 
     # `jupyter labextension list` names each data directory, then the extensions found in it.
     listing = re.sub(r"\x1b\[[0-9;]*m", "", run([venv.python, "-m", "jupyterlab.labextensions", "list"], cwd=venv.root))
@@ -180,6 +224,16 @@ def check_installed(venv: Venv) -> None:
         elif re.fullmatch(rf"\s+jupyter-sessionpool v{re.escape(VERSION)} enabled OK \(python, jupyter_sessionpool\)", line):
             found_in.append(directory)
     assert found_in == [ours], f"the extension should be enabled and OK under {ours} alone:\n{listing}"
+
+
+def test_readme_install_block_runs_as_written(readme: ReadmeRun) -> None:
+    """Each line of the block ran (the fixture fails on the first that does not), in a venv
+    that needed its first line (no `build` before it) and holds only what the wheel brings."""
+    assert readme.lacked == {"build": True, "jupyterlab": True}
+    assert readme.output_of("jupyter-sessionpool --version").strip() == f"jupyter-sessionpool {VERSION}"
+    where = readme.venv.root / "share" / "jupyter" / "labextensions" / "jupyter-sessionpool"
+    assert readme.output_of("python -c").strip() == str(where)
+    assert (where / "package.json").is_file()
 
 
 def test_build_runs_the_js_build_once(dists: Dists) -> None:
