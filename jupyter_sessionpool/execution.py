@@ -156,8 +156,9 @@ async def run(
         await worker.interrupt()
         stopped = await execution.follow(time.monotonic() + interrupt_timeout, idle_ends=True)
         raise ExecutionTimeout(session, timeout or 0.0, restarted=not stopped, result=execution.result(session))
-    except KernelExited:
-        raise KernelDied(worker.kernel_id, session, execution.result(session)) from None
+    except KernelExited as exc:
+        # a cell that never reached the kernel has no outputs, not even empty ones: result None says so
+        raise KernelDied(worker.kernel_id, session, execution.result(session) if exc.sent else None) from None
     finally:
         if execution.idle:  # ended: what still comes for it is orphan output; else recovery reads on
             execution.request.close()

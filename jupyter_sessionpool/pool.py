@@ -20,7 +20,7 @@ from . import execution
 from ._handoff import Handoff
 from ._state import Books, Effects, KernelState, Slot, Waiter
 from .config import PoolSettings, check_session, check_timeout
-from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError
+from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError, SessionLost
 from .results import ExecutionResult, OutputCallback, _Outputs
 from .stats import PoolStats, snapshot
 from . import workers
@@ -132,6 +132,10 @@ class Lease:
             self._discard, self._inflight = "its kernel died", None
             if self._pool._books.closed:
                 raise PoolClosed("the pool was shut down while this cell ran") from exc
+            if exc.result is None and self.session is not None:
+                # the kernel was lost before this cell reached it (a remote kernel restarted while
+                # its connection was down): that is the session's loss, reported once, here
+                raise self._pool._session_lost(self.session, self._worker) from None
             raise
         except ProtocolError:
             self._discard, self._inflight = "its kernel broke the messaging protocol", None
@@ -547,6 +551,13 @@ class AsyncKernelPool(PoolSettings):
             return
         self.log.info("session %r expired after %g s idle", session, self.session_idle_timeout)
         self._apply(self._books.expire(session, self.session_idle_timeout))
+
+    def _session_lost(self, session: str, worker: KernelWorker) -> SessionLost:
+        """The SessionLost for a call whose cell never reached its lost kernel; the books' own
+        report of that loss is taken, so the session's next call gets a fresh kernel."""
+        self._books.lost.pop(session, None)
+        reason = worker.exited.result() if worker.exited.done() else "its kernel died"
+        return SessionLost(session, reason)
 
     def _count(self, counter: str) -> None:
         self._books.counters[counter] += 1

@@ -61,11 +61,16 @@ IPYKERNEL_PREPARATION = (
 
 
 class KernelExited(Exception):
-    """The kernel is gone (its process ended, the gateway lost it); ``reason`` says how."""
+    """The kernel is gone (its process ended, the gateway lost it); ``reason`` says how.
 
-    def __init__(self, reason: str) -> None:
+    ``sent`` is False when the request it is raised for never reached the kernel (a remote
+    request held while the connection was down, dropped when the kernel turned out lost).
+    """
+
+    def __init__(self, reason: str, sent: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.sent = sent
 
 
 class Request:

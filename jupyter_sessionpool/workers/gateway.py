@@ -687,9 +687,11 @@ class GatewayWorker(KernelWorker):
         self._end(reason)
 
     def _end(self, reason: str) -> None:
-        self.link.lost()  # held requests are never sent; their next() raises KernelExited
-        self.exited.set_result(reason)
+        held = self.link.lost()
+        self.exited.set_result(reason)  # first: the pool hears of the death before any caller does
         self.router.exited(reason)
+        for _, msg in held:  # held requests were never sent, and say so
+            self.router.fail(msg["header"]["msg_id"], KernelExited(reason, sent=False))
 
     # ---- control --------------------------------------------------------------------------
 
