@@ -29,6 +29,7 @@ from typing import Any, Callable
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
 
+from ._setup import python_setup_code
 from .config import check_timeout
 from .errors import ExecutionTimeout, KernelDied, PoolError
 from .pool import AsyncKernelPool, Lease
@@ -453,7 +454,7 @@ class _Runner:
             if info:
                 nb.metadata["language_info"] = info
         if plan.cwd is not None:
-            moved = await lease.execute(f"__import__('os').chdir({plan.cwd!r})", timeout=60, store_history=False)
+            moved = await lease.execute(python_setup_code(cwd=plan.cwd), timeout=60, store_history=False)
             if moved.status != "ok":
                 result.status, result.error = FAILED, f"cannot change to the notebook's directory: {moved.error['evalue']}"
                 return
