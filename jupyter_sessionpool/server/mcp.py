@@ -56,8 +56,8 @@ def require_sdk() -> None:
 
 
 def _tool_errors(fn: Any) -> Any:
-    """The pool's and the service's errors as tool errors naming their type."""
-    from mcp.server.mcpserver.exceptions import ToolError
+    """The pool's and the service's errors as tool errors (``isError``) whose text starts with their type."""
+    from mcp_types import CallToolResult, TextContent
 
     @functools.wraps(fn)
     async def tool(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +68,7 @@ def _tool_errors(fn: Any) -> Any:
             partial = getattr(exc, "result", None)
             if partial is not None and partial.outputs:
                 text += "\n\nOutput before the error:\n" + "\n".join(_text(out) for out in partial.outputs)
-            raise ToolError(text) from exc
+            return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
     return tool
 
@@ -273,11 +273,6 @@ def _handler_class() -> Any:
         @authorized
         async def delete(self) -> None:
             await self._relay()
-
-        def check_xsrf_cookie(self) -> None:
-            """Token-authenticated API: no cookie, so no XSRF check (as for every API request with a token)."""
-            if not self.token_authenticated:
-                super().check_xsrf_cookie()
 
         async def _relay(self) -> None:
             try:
