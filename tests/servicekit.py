@@ -98,3 +98,49 @@ class Service:
 
 def ndjson(lines: list[str]) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
+
+
+class JupyterServer(Service):
+    """`jupyter server` or `jupyter lab` with the extension enabled by the documented flag."""
+
+    def __init__(self, workdir: Path, app: str, *args: str) -> None:
+        super().__init__(workdir, *args)
+        self.app = app
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.app, "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+                "--ServerApp.jpserver_extensions={'jupyter_sessionpool': True}",
+                f"--SessionPoolApp.root_dir={self.root}", *self.args]  # fmt: skip
+
+    def start(self, timeout: float = 60) -> JupyterServer:
+        import time
+        import urllib.error
+        import urllib.request
+
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                                         cwd=self.workdir, text=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:  # a server started by another command prints no line of ours: poll its API
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.app} exited ({self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                request = urllib.request.Request(self.api, headers=self.headers)
+                with urllib.request.urlopen(request, timeout=5):
+                    return self
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.app} not answering after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return None if self.proc is None else self.proc.returncode
