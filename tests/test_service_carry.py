@@ -66,8 +66,9 @@ async def test_remote_kernels_on_a_gateway(kg, tmp_path):
         async with httpx.AsyncClient(base_url=svc.api, headers=svc.headers, timeout=60) as client:
             await client.put("/remote", json={"env": {"REMOTE_FLAG": "yes"}})
             await client.post("/remote/execute", json={"code": "x = 41"})
-            r = await client.post("/remote/execute", json={"code": "x + 1"}, headers={"Accept": "application/json"})
-            assert r.json()["result"] == "42"
+            r = await client.post("/remote/execute", json={"code": "import os; x + 1, os.environ['REMOTE_FLAG']"},
+                                  headers={"Accept": "application/json"})  # fmt: skip
+            assert r.json()["result"] == "(42, 'yes')"
             kernel = (await client.get("/remote")).json()
             assert kernel["pid"] is None and kernel["state"] == "idle", "a remote kernel has no local process"
             remote_ids = {k["id"] for k in kg.kernels()}

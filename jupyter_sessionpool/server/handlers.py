@@ -144,6 +144,15 @@ class SessionsHandler(_Handler):
         self.reply(self.service.list())
 
 
+class PoolHandler(_Handler):
+    """``GET /sessionpool/api/pool``: the pool's snapshot (kernels, waiting checkouts, counters), for operators."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply(self.service.pool.stats().to_dict())
+
+
 class SessionHandler(_Handler):
     """``PUT`` (get or create), ``GET`` (describe), ``DELETE`` (release) one session."""
 
@@ -364,6 +373,7 @@ def routes() -> list[tuple[str, type[_Handler]]]:
     """The API's routes, relative to the server's ``base_url``."""
     return [
         (API + "/?", SessionsHandler),
+        ("/sessionpool/api/pool", PoolHandler),
         (API + _SESSION, SessionHandler),
         (API + _SESSION + "/execute", ExecuteHandler),
         (API + _SESSION + "/(interrupt|restart)", ActionHandler),

@@ -365,8 +365,9 @@ class SessionService:
             self._touch(session)
 
     async def _setup(self, session: Session, lease: Any) -> None:
+        # remote kernels run elsewhere: no cwd of ours; their env by the Python cell, if the session has one
         code = python_setup_code(cwd=None if self.remote else str(session.directory), env=session.env)
-        if session.python and code:
+        if code and (session.python or self.remote):
             done = await lease.execute(code, timeout=_SETUP_TIMEOUT, store_history=False)
             if done.status != "ok":
                 error = done.error or {}
