@@ -107,6 +107,10 @@ class SessionPoolServer(ServerApp):
 
     def start_app(self) -> None:
         super().start_app()
+        # the server binds its socket in a loop callback queued before this one: announce once it listens
+        self.io_loop.add_callback(self._announce)
+
+    def _announce(self) -> None:
         url = self.connection_url.rstrip("/")
         token = self.identity_provider.token
         print(f"jupyter-sessionpool serve: sessions API at {url}/sessionpool/api/sessions", flush=True)

@@ -204,12 +204,7 @@ class SessionService:
                 )
             return existing, False  # not checked out: a busy session answers at once too
         session = self._new(session_id, kernel_name, env, idle_timeout)
-        try:
-            await self._hold(session, None)
-        except BaseException:
-            if self.sessions.get(session_id) is session:
-                self._forget(session, None)
-            raise
+        await self._hold(session, None)
         return session, True
 
     def _new(self, session_id: str, kernel_name: Any, env: Any, idle_timeout: Any) -> Session:
@@ -363,6 +358,8 @@ class SessionService:
         finally:
             session.running -= 1
             self._touch(session)
+            if session.kernel_id is None and session.running == 0 and self.sessions.get(session.id) is session:
+                self._forget(session, None)  # it never got a kernel (cancelled, none free, none started): gone
 
     async def _setup(self, session: Session, lease: Any) -> None:
         # remote kernels run elsewhere: no cwd of ours; their env by the Python cell, if the session has one
