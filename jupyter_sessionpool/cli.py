@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mcp",
         help="an MCP server on stdio (for agents), on a pool of its own",
         description="Serve MCP over stdin/stdout: execute_code, list_sessions, interrupt_session, "
-        "restart_session, release_session, upload_file, download_file. Needs the 'mcp' extra.",
+        "restart_session, release_session, upload_file, download_file. Needs the 'mcp' extra. Any other pool "
+        "setting: --AsyncKernelPool.name=value (or --KernelPool.name=value).",
     ), serve=False)
     return parser
 
@@ -96,7 +97,7 @@ def _service_options(parser: argparse.ArgumentParser, serve: bool) -> None:
         parser.add_argument("--port", type=int, metavar="N", help="port to listen on (default 8900)")
         parser.add_argument("--ip", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
         parser.add_argument("--token", metavar="T", help="the token clients send (default: a random one, printed)")
-    parser.add_argument("--max-kernels", type=_jobs, metavar="N", help=f"most kernels at once (default {8 if serve else 4})")
+    parser.add_argument("--max-kernels", type=_jobs, metavar="N", help=f"most kernels at once (default {8 if serve else 4}, the pool's)")
     parser.add_argument("--min-idle", type=int, metavar="N", help=f"kernels kept prewarmed (default {2 if serve else 1})")
     parser.add_argument("--gateway-url", metavar="URL", help="run the kernels on a Jupyter (Enterprise) Kernel Gateway")
     parser.add_argument("--root-dir", metavar="DIR",
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)  # `serve` passes --Class.trait=value settings on
-        if extra and args.command != "serve":
+        if extra and args.command not in ("serve", "mcp"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
@@ -124,23 +125,35 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(args, extra)
     if args.command == "mcp":
-        return _mcp(args)
+        return _mcp(args, extra)
     return _run(args)
 
 
-def _mcp(args: argparse.Namespace) -> int:
+def _mcp(args: argparse.Namespace, extra: list[str]) -> int:
     import asyncio
 
+    from traitlets.config import Config
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    bad = [arg for arg in extra if not (arg.startswith("--") and "." in arg.split("=", 1)[0])]
+    if bad:
+        print(f"jupyter-sessionpool mcp: error: unrecognised argument(s) {' '.join(bad)}; pool settings are given "
+              "as --AsyncKernelPool.name=value", file=sys.stderr)
+        return EXIT_USAGE
     try:
         from .server.mcp import require_sdk, run_stdio
-        from .server.service import SessionService
+        from .server.service import SessionService, pool_config
 
         require_sdk()
     except ImportError as exc:
         print(f"jupyter-sessionpool mcp: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    options = {"max_kernels": args.max_kernels or 4, "min_idle": 1 if args.min_idle is None else args.min_idle}
-    for name, value in (("gateway_url", args.gateway_url), ("kernel_name", args.kernel), ("execution_timeout", args.timeout)):
+    config = Config()
+    config.AsyncKernelPool.min_idle = 1  # an agent's first call should not wait for a kernel to start
+    config.merge(pool_config(KVArgParseConfigLoader(argv=extra).load_config()))
+    options: dict[str, Any] = {"config": config}
+    for name, value in (("max_kernels", args.max_kernels), ("min_idle", args.min_idle), ("gateway_url", args.gateway_url),
+                        ("kernel_name", args.kernel), ("execution_timeout", args.timeout)):  # fmt: skip
         if value is not None:
             options[name] = value
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import subprocess
 import sys
 from contextlib import asynccontextmanager
 
@@ -37,7 +38,7 @@ async def over_stdio(tmp_path):
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "jupyter_sessionpool", "mcp", "--max-kernels", "3", "--min-idle", "1",
-              "--root-dir", str(tmp_path / "sessions")],
+              "--root-dir", str(tmp_path / "sessions"), "--AsyncKernelPool.interrupt_timeout=3"],
         env=dict(os.environ),
     )  # fmt: skip
     with open(tmp_path / "mcp-stderr.log", "w") as errlog:
@@ -134,3 +135,10 @@ async def test_mcp_over_http_needs_the_token(service):
     with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 401 in its own error types
         async with over_http(service, headers={}):
             pass
+
+
+def test_mcp_without_the_sdk_names_the_extra(tmp_path):
+    script = "import sys; sys.modules['mcp'] = None\nfrom jupyter_sessionpool.cli import main\nsys.exit(main(['mcp']))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "pip install 'jupyter_sessionpool[mcp]'" in out.stderr

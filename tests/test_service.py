@@ -414,6 +414,10 @@ async def test_bad_json_bad_ids_and_bad_fields_are_4xx(client):
     assert "bad" not in [s["id"] for s in (await client.get("")).json()], "bad input created a session"
     missing = await client.get("/nosuch")
     assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
+    no_route = await client.get("/nosuch/bogus")
+    assert no_route.status_code == 404 and no_route.json()["error"] == "NotFound"
+    wrong_method = await client.patch("/nosuch")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "MethodNotAllowed"
 
 
 # ---- many sessions at once ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Config
 
 from .handlers import routes
-from .service import SessionService
+from .service import SessionService, pool_config
 
 
 class SessionPoolApp(ExtensionApp):
@@ -53,11 +53,7 @@ class SessionPoolApp(ExtensionApp):
 
     def pool_config(self) -> Config:
         """The pool's configuration: the ``AsyncKernelPool`` section, over ``KernelPool`` and ``PoolSettings``."""
-        config = Config()
-        for section in ("PoolSettings", "KernelPool", "AsyncKernelPool"):
-            if section in self.config:
-                config.AsyncKernelPool.merge(self.config[section])
-        return config
+        return pool_config(self.config)
 
     def initialize_settings(self) -> None:
         self.service = SessionService(

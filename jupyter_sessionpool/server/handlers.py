@@ -369,6 +369,17 @@ class FilesHandler(_Handler):
         self.finish()
 
 
+class NoRouteHandler(_Handler):
+    """Anything else under ``/sessionpool/api``: NotFound in the API's form, not the server's HTML page."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if self.current_user is None:
+            raise web.HTTPError(403)
+        self.set_status(404)
+        self.finish(json.dumps({"error": "NotFound", "message": f"no route {self.request.path}; see README.md"}))
+
+
 def routes() -> list[tuple[str, type[_Handler]]]:
     """The API's routes, relative to the server's ``base_url``."""
     return [
@@ -378,4 +389,5 @@ def routes() -> list[tuple[str, type[_Handler]]]:
         (API + _SESSION + "/execute", ExecuteHandler),
         (API + _SESSION + "/(interrupt|restart)", ActionHandler),
         (API + _SESSION + "/files(?:/(.*))?", FilesHandler),
+        ("/sessionpool/api(?:/.*)?", NoRouteHandler),
     ]

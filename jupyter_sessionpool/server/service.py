@@ -65,6 +65,21 @@ def check_id(session: Any) -> str:
     return session
 
 
+def pool_config(config: Any) -> Any:
+    """The pool's part of a traitlets ``config``: ``AsyncKernelPool`` over ``KernelPool`` over ``PoolSettings``.
+
+    Users know the blocking pool's name from ``%config KernelPool.x``; the service's pool is an
+    AsyncKernelPool, so either section configures it (the more specific one wins).
+    """
+    from traitlets.config import Config
+
+    merged = Config()
+    for section in ("PoolSettings", "KernelPool", "AsyncKernelPool"):
+        if section in config:
+            merged.AsyncKernelPool.merge(config[section])
+    return merged
+
+
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
