@@ -133,7 +133,7 @@ def burst(port: int, token: str, requests: list[tuple[str, str, Any]]) -> list[f
 
 
 async def measure(quick: bool) -> Section:
-    reps, warm_reps, warmup, bursts = (20, 40, 5, 3) if quick else (200, 400, 30, 20)
+    reps, warm_reps, warmup, bursts = (20, 40, 5, 3) if quick else (100, 400, 30, 20)
     section = Section(
         "service",
         "11. The service over HTTP: create + first result, warm execute, 100-request bursts",

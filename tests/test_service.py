@@ -83,6 +83,7 @@ async def test_put_gets_or_creates_get_describes_delete_releases(client, service
     assert created.status_code == 201, created.text
     info = created.json()
     assert info["id"] == "crud" and info["state"] == "idle" and info["kernel_name"] == "python3"
+    assert info["kernel"] == {"id": info["kernel_id"], "name": "python3", "pid": info["pid"], "execution_state": "idle"}
     assert info["created"].endswith("Z") and info["last_used"] and info["expires"]
     again = await client.put("/crud")
     assert again.status_code == 200 and again.json()["kernel_id"] == info["kernel_id"]
@@ -146,7 +147,7 @@ async def test_outputs_stream_before_the_cell_ends(client):
         assert response.headers["content-type"].startswith("application/x-ndjson")
         lines = response.aiter_lines()
         first = json.loads(await anext(lines))
-        assert first == {"type": "output", "output_type": "stream", "name": "stdout", "text": "started\n"}
+        assert first == {"type": "stream", "output_type": "stream", "name": "stdout", "text": "started\n"}
         # the cell is still waiting: release it through the files API, then read the rest
         assert (await client.put("/stream/files/go", content=b"")).status_code == 201
         rest = ndjson([line async for line in lines])
@@ -167,8 +168,9 @@ async def test_display_updates_and_clear_are_streamed(client):
     )
     response = await client.post("/disp/execute", json={"code": code})
     events = ndjson(response.text.splitlines())
-    kinds = [e.get("output_type") for e in events[:-1]]
+    kinds = [e["type"] for e in events[:-1]]
     assert kinds == ["display_data", "update_display_data", "stream", "clear_output", "stream"]
+    assert all(e["output_type"] == e["type"] for e in events[:-1])
     assert events[0]["transient"]["display_id"] == events[1]["transient"]["display_id"]
     final = events[-1]
     assert final["type"] == "result" and [o["text"] for o in final["outputs"]] == ["kept\n"]
@@ -382,6 +384,28 @@ async def test_oversized_uploads_are_refused_and_leave_nothing(client, service):
     assert not any((service.root / ".uploads").iterdir()), "a refused upload left a partial file"
     assert (await client.put("/big/files/ok.bin", content=b"z" * 1000)).status_code == 201
     await client.delete("/big")
+
+
+async def test_an_upload_cut_off_by_its_client_leaves_nothing(client, service):
+    await client.put("/cut")
+
+    def send_half() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        conn.putrequest("PUT", "/sessionpool/api/sessions/cut/files/half.bin")
+        conn.putheader("Authorization", f"token {service.token}")
+        conn.putheader("Content-Length", "50000")
+        conn.endheaders()
+        conn.send(b"h" * 20000)  # then the client goes away mid-body
+        conn.close()
+
+    await asyncio.to_thread(send_half)
+
+    async def cleaned() -> bool:
+        return not any((service.root / ".uploads").iterdir())
+
+    await until(cleaned, "the cut-off upload's partial file to go")
+    assert not (service.root / "cut" / "half.bin").exists()
+    await client.delete("/cut")
 
 
 # ---- bad input ----------------------------------------------------------------------------------

@@ -199,6 +199,11 @@ class ActionHandler(_Handler):
 class ExecuteHandler(_Handler):
     """``POST …/{id}/execute``: NDJSON events as outputs arrive, then the result; or only the result.
 
+    Each output event is the nbformat output with ``type`` set to its ``output_type`` (``stream``,
+    ``display_data``, ``execute_result``, ``error`` for the user's exception, ``update_display_data``,
+    ``clear_output``); the last line is ``{"type": "result", ...}``, or, when the pool fails after
+    the stream began, ``{"type": "error", "error": "<ErrorType>", "message", "status"}``.
+
     A client that disconnects mid-cell interrupts the cell (its kernel keeps its state).
     """
 
@@ -235,9 +240,9 @@ class ExecuteHandler(_Handler):
                 if not getting.done():
                     getting.cancel()
                     break
-                sent = await self._send({"type": "output", **getting.result()}, sent)
+                sent = await self._send(output_event(getting.result()), sent)
             while not outputs.empty():  # every output was queued before the execution returned
-                sent = await self._send({"type": "output", **outputs.get_nowait()}, sent)
+                sent = await self._send(output_event(outputs.get_nowait()), sent)
             try:
                 result = task.result()
             except (ServiceError, PoolError) as exc:
@@ -268,6 +273,11 @@ class ExecuteHandler(_Handler):
         """The client went away mid-cell: cancel the execution, which interrupts the cell."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+def output_event(out: dict[str, Any]) -> dict[str, Any]:
+    """One output as a stream event: the nbformat output (or display update, or clear), ``type`` its kind."""
+    return {"type": out["output_type"], **out}
 
 
 def result_event(result: Any) -> dict[str, Any]:

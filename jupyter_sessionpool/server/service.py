@@ -451,6 +451,12 @@ class SessionService:
         return {
             "id": session.id,
             "state": state,
+            "kernel": {
+                "id": kernel.kernel_id if kernel else None,
+                "name": session.kernel_name,
+                "pid": kernel.pid if kernel else None,
+                "execution_state": state,
+            },
             "kernel_name": session.kernel_name,
             "kernel_id": kernel.kernel_id if kernel else None,
             "pid": kernel.pid if kernel else None,
