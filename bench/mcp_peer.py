@@ -206,4 +206,15 @@ async def measure(quick: bool) -> Section:
     steps = [k for k in next(iter(columns.values())) if k != "warm_samples"]
     section.table(["step", *columns], [[step, *(c[step] for c in columns.values())] for step in steps])
     section.raw = {name: c["warm_samples"] for name, c in columns.items()}
+    section.notes.append(
+        "The peer's warm call takes a second because its client polls the kernel once a second; after its kernel "
+        "was killed it waited out its own 30 s default timeout, and then answered `x` with a `NameError` as normal "
+        "output: a fresh kernel posing as the old one. Ours answered the loss as a tool error naming it "
+        "(`SessionLost`, or `KernelDied` where the call reached the kernel before its death was noticed, then "
+        "`SessionLost` once), and the next call ran on a fresh kernel."
+    )
+    section.notes.append(
+        "Ours over streamable HTTP pays the SDK's stateless transport per request (a transport set up and torn "
+        "down for each POST, ~2/3 of its server-side CPU in a profile); over stdio a warm call costs what the pool does."
+    )
     return section
