@@ -215,6 +215,6 @@ async def measure(quick: bool) -> Section:
     )
     section.notes.append(
         "Ours over streamable HTTP pays the SDK's stateless transport per request (a transport set up and torn "
-        "down for each POST, ~2/3 of its server-side CPU in a profile); over stdio a warm call costs what the pool does."
+        "down for each POST; the teardown alone was about 2/3 of the SDK's share of a request in a profile); over stdio a warm call costs what the pool does."
     )
     return section
