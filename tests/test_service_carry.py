@@ -15,6 +15,7 @@ from gatewaykit import wait_until
 from servicekit import JupyterServer, Service, write_test_kernelspecs
 from traitlets.config import Config
 
+from jupyter_sessionpool import SessionLost
 from jupyter_sessionpool.server.app import SessionPoolApp
 from jupyter_sessionpool.server.errors import BadRequest
 from jupyter_sessionpool.server.service import SessionService
@@ -131,3 +132,18 @@ def test_any_pool_setting_passes_through_the_extension_config():
     app = SessionPoolApp(config=config)
     merged = app.pool_config().AsyncKernelPool
     assert (merged.max_kernels, merged.min_idle, merged.startup_timeout, merged.interrupt_timeout) == (7, 3, 12.0, 2.0)
+
+
+async def test_the_pools_session_idle_timeout_becomes_the_services_own_clock(tmp_path):
+    config = Config()
+    config.AsyncKernelPool.session_idle_timeout = 0.5
+    service = await SessionService({"config": config, "max_kernels": 1}, root_dir=tmp_path / "sessions").start()
+    try:
+        assert service.idle_timeout == 0.5 and service.pool.session_idle_timeout is None
+        await service.execute("sleepy", "x = 1")
+        await wait_until(lambda: "sleepy" not in service.sessions, 30, "the idle session to expire")
+        with pytest.raises(SessionLost, match="idle"):
+            await service.execute("sleepy", "x")  # never a silent fresh kernel
+        assert (await service.execute("sleepy", "'x' in globals()")).result == "False"
+    finally:
+        await service.shutdown()

@@ -127,16 +127,15 @@ class SessionService:
         max_code_size: int = 1_000_000,
         max_upload_size: int = 100 << 20,
     ) -> None:
-        options = dict(pool_options)
+        self.pool = AsyncKernelPool(**pool_options)
         # Idle expiry is the service's own (a per-session clock, SessionLost afterwards): the pool's
         # session_idle_timeout releases silently, so the service takes it as its default instead.
-        pool_idle = options.pop("session_idle_timeout", None)
+        pool_idle, self.pool.session_idle_timeout = self.pool.session_idle_timeout, None
         self.idle_timeout = check_timeout(idle_timeout if idle_timeout is not None else pool_idle, "idle_timeout")
         self.max_lifetime = check_timeout(max_lifetime, "max_lifetime")
         self.max_code_size = max_code_size
         self.max_upload_size = max_upload_size
-        self._options = options
-        self.pool = AsyncKernelPool(**options)
+        self._options = {**pool_options, "session_idle_timeout": None}  # for the pools of other kernels
         self.remote = bool(self.pool.gateway_url)
         self._pools: dict[str, AsyncKernelPool] = {self.pool.kernel_name: self.pool}
         self._own_root = root_dir is None
@@ -203,6 +202,13 @@ class SessionService:
         Raises SessionLost once for a session that expired (or whose kernel was lost), and
         the pool's errors (CheckoutTimeout, KernelStartError) when no kernel can be had.
         """
+        session, created = await self._ensure(session_id, kernel_name, env, idle_timeout)
+        if created:
+            await self._hold(session, None)
+        return session, created  # an existing one is not checked out: a busy session answers at once too
+
+    async def _ensure(self, session_id: str, kernel_name: Any, env: Any, idle_timeout: Any) -> tuple[Session, bool]:
+        """The session ``session_id``, recorded (not yet holding a kernel) if it is new; True when new."""
         session_id = check_id(session_id)
         self._take_lost(session_id)
         while (dropping := self._dropping.get(session_id)) is not None:
@@ -211,16 +217,14 @@ class SessionService:
         if self._closed:
             raise PoolError("the service is shutting down")
         existing = self.sessions.get(session_id)
-        if existing is not None:
-            if kernel_name is not None and kernel_name != existing.kernel_name:
-                raise Conflict(
-                    f"session {session_id!r} runs kernel {existing.kernel_name!r}, not {kernel_name!r}; "
-                    "release it first (DELETE) to start it on another kernel"
-                )
-            return existing, False  # not checked out: a busy session answers at once too
-        session = self._new(session_id, kernel_name, env, idle_timeout)
-        await self._hold(session, None)
-        return session, True
+        if existing is None:
+            return self._new(session_id, kernel_name, env, idle_timeout), True
+        if kernel_name is not None and kernel_name != existing.kernel_name:
+            raise Conflict(
+                f"session {session_id!r} runs kernel {existing.kernel_name!r}, not {kernel_name!r}; "
+                "release it first (DELETE) to start it on another kernel"
+            )
+        return existing, False
 
     def _new(self, session_id: str, kernel_name: Any, env: Any, idle_timeout: Any) -> Session:
         kernel_name = self.pool.kernel_name if kernel_name is None else kernel_name
@@ -347,10 +351,9 @@ class SessionService:
             timeout = check_timeout(timeout)
         except (TypeError, ValueError) as exc:
             raise BadRequest(str(exc)) from None
-        session_id = check_id(session_id)
-        session = self.sessions.get(session_id)
-        if session is None:
-            session, _ = await self.open(session_id)
+        session = self.sessions.get(session_id) if isinstance(session_id, str) else None
+        if session is None:  # new: its set-up cell and this code run on one checkout
+            session, _ = await self._ensure(session_id, None, None, None)
         return await self._hold(session, (code, timeout, on_output))
 
     async def _hold(self, session: Session, run: tuple[str, float | None, OutputCallback | None] | None) -> Any:
