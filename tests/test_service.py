@@ -98,6 +98,7 @@ async def test_put_gets_or_creates_get_describes_delete_releases(client, service
     assert gone.status_code == 204
     assert (await client.get("/crud")).json()["error"] == "NotFound"
     assert not (service.root / "crud").exists(), "a released session's files go with it"
+    assert "session 'crud' released" in service.log_tail(100_000), "the pool and the service log where the server logs"
     await until(lambda: _pid_gone(info["pid"]), "the released kernel to exit")
 
 
@@ -238,7 +239,11 @@ async def test_idle_timeout_expires_once_with_session_lost_and_activity_resets_i
 
 
 async def test_maximum_lifetime(tmp_path):
-    svc = Service(tmp_path, "--min-idle", "0", "--max-kernels", "1", "--SessionPoolApp.max_lifetime=2").start()
+    svc = Service(tmp_path, "--min-idle", "0", "--max-kernels", "1", "--SessionPoolApp.max_lifetime=2",
+                  "--ServerApp.base_url=/under/here/")  # fmt: skip
+    svc.api = f"{svc.base}/under/here/sessionpool/api/sessions"  # the routes live under the server's base_url
+    svc.start()
+    assert svc.api in "\n".join(svc.banner)
     try:
         async with httpx.AsyncClient(base_url=svc.api, headers=svc.headers, timeout=60) as client:
             await run(client, "short", "x = 1")

@@ -12,6 +12,7 @@ server. Inside someone else's server it starts no kernel until a session asks fo
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from jupyter_server.extension.application import ExtensionApp
@@ -56,6 +57,14 @@ class SessionPoolApp(ExtensionApp):
         return pool_config(self.config)
 
     def initialize_settings(self) -> None:
+        # the pool logs to the "jupyter_sessionpool" logger: send it where the server's own log goes
+        pool_log = logging.getLogger("jupyter_sessionpool")
+        server_log = self.serverapp.log if self.serverapp is not None else self.log
+        for handler in server_log.handlers:
+            if handler not in pool_log.handlers:
+                pool_log.addHandler(handler)
+        pool_log.setLevel(server_log.getEffectiveLevel())
+        pool_log.propagate = False  # once, through the server's handlers
         self.service = SessionService(
             {"config": self.pool_config()},
             root_dir=self.root_dir,
