@@ -178,6 +178,13 @@ async def test_display_updates_and_clear_are_streamed(client):
     await client.delete("/disp")
 
 
+async def test_a_flood_of_output_streams_whole_and_in_order(client):
+    events = ndjson((await client.post("/flood/execute", json={"code": "for i in range(20000): print(i)"})).text.splitlines())
+    streamed = "".join(e["text"] for e in events[:-1])
+    assert streamed == "".join(f"{i}\n" for i in range(20000)) == events[-1]["stdout"]
+    await client.delete("/flood")
+
+
 async def test_accept_json_returns_only_the_final_result(client):
     response = await run(client, "final", "print('hi'); 6 * 7")
     assert response.headers["content-type"].startswith("application/json")

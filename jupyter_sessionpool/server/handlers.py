@@ -240,9 +240,12 @@ class ExecuteHandler(_Handler):
                 if not getting.done():
                     getting.cancel()
                     break
-                sent = await self._send(output_event(getting.result()), sent)
-            while not outputs.empty():  # every output was queued before the execution returned
-                sent = await self._send(output_event(outputs.get_nowait()), sent)
+                batch = [getting.result()]
+                while not outputs.empty():  # a flood goes out in one write, not one per output
+                    batch.append(outputs.get_nowait())
+                sent = await self._send([output_event(out) for out in batch], sent)
+            if not outputs.empty():  # every output was queued before the execution returned
+                sent = await self._send([output_event(outputs.get_nowait()) for _ in range(outputs.qsize())], sent)
             try:
                 result = task.result()
             except (ServiceError, PoolError) as exc:
@@ -253,19 +256,20 @@ class ExecuteHandler(_Handler):
                 event = {"type": "error", "error": name, "message": message, "status": status}
                 if partial is not None:
                     event["result"] = result_event(partial)
-                await self._send(event, sent)
+                await self._send([event], sent)
             else:
-                await self._send(result_event(result), sent)
+                await self._send([result_event(result)], sent)
             self.finish(set_content_type=NDJSON)
         except StreamClosedError:
             task.cancel()  # the client is gone: interrupt its cell
 
-    async def _send(self, event: dict[str, Any], sent: bool) -> bool:
+    async def _send(self, events: list[dict[str, Any]], sent: bool) -> bool:
+        """Write ``events`` as NDJSON lines and flush them to the client; True (something was sent)."""
         if not sent:
             self.set_header("Content-Type", NDJSON)
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")  # proxies must not hold the stream back
-        self.write(json.dumps(event) + "\n")
+        self.write("".join(json.dumps(event) + "\n" for event in events))
         await self.flush()
         return True
 
@@ -318,8 +322,7 @@ class FilesHandler(_Handler):
                 raise PayloadTooLarge(f"the upload is {length:,} bytes; the limit is {limit:,} bytes; nothing was written")
             self.request.connection.set_max_body_size(max(limit, length) + 1)
         except (ServiceError, PoolError, ValueError) as exc:
-            self._refused = True
-            self.fail(exc if not isinstance(exc, ValueError) else BadRequest(f"bad Content-Length: {exc}"))
+            self._refuse(exc if not isinstance(exc, ValueError) else BadRequest(f"bad Content-Length: {exc}"))
 
     def data_received(self, chunk: bytes) -> None:
         if self._upload is None or self._refused:
@@ -327,9 +330,14 @@ class FilesHandler(_Handler):
         try:
             self._upload.write(chunk)
         except ServiceError as exc:
-            self._refused = True
             self._upload = None
-            self.fail(exc)
+            self._refuse(exc)
+
+    def _refuse(self, exc: BaseException) -> None:
+        """Answer an upload refused before its body was read; the connection closes (its body is not read)."""
+        self._refused = True
+        self.set_header("Connection", "close")
+        self.fail(exc)
 
     def on_connection_close(self) -> None:
         if self._upload is not None:  # the client went away mid-upload: leave nothing
