@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import httpx
 import pytest
@@ -147,3 +151,21 @@ async def test_the_pools_session_idle_timeout_becomes_the_services_own_clock(tmp
         assert (await service.execute("sleepy", "'x' in globals()")).result == "False"
     finally:
         await service.shutdown()
+
+
+def test_the_extension_ships_disabled_and_jupyter_can_enable_it(tmp_path):
+    """The shipped jupyter_server_config.d file lists the extension, disabled; `enable` turns it on."""
+    shipped = Path(__file__).parent.parent / "jupyter-config" / "jupyter_server_config.d" / "jupyter_sessionpool.json"
+    config_d = tmp_path / "config" / "jupyter_server_config.d"
+    config_d.mkdir(parents=True)
+    (config_d / shipped.name).write_text(shipped.read_text())
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "HOME": str(tmp_path)}
+
+    def jupyter(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "jupyter", "server", "extension", *args], env=env,
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+        return re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+
+    assert re.search(r"jupyter_sessionpool disabled", jupyter("list"))
+    assert "Validation failed" not in jupyter("enable", "--user", "jupyter_sessionpool")
+    assert re.search(r"jupyter_sessionpool enabled", jupyter("list"))
