@@ -34,7 +34,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from .._setup import python_setup_code
 from ..config import check_session, check_timeout
-from ..errors import PoolError, SessionLost
+from ..errors import PoolClosed, PoolError, SessionLost
 from ..pool import AsyncKernelPool
 from ..results import ExecutionResult, OutputCallback
 from . import files
@@ -215,7 +215,7 @@ class SessionService:
             # an earlier session of this name is still going: its kernel must never serve this one
             await asyncio.wait([dropping])
         if self._closed:
-            raise PoolError("the service is shutting down")
+            raise PoolClosed("the service is shutting down; its sessions are released")
         existing = self.sessions.get(session_id)
         if existing is None:
             return self._new(session_id, kernel_name, env, idle_timeout), True
