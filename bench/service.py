@@ -28,7 +28,7 @@ with keep-alive `http.client` connections and `Authorization: token T`. **Create
 result**: `PUT /sessionpool/api/sessions/{{new id}}` then `POST …/{{id}}/execute`
 `{{"code": "1 + 1"}}` with `Accept: application/json`, {reps} samples, each on a prewarmed
 kernel (before each sample the bench polls `GET /sessionpool/api/pool` until two fresh kernels
-are idle again, and deletes the session after it, untimed). **Warm execute**: `1 + 1` on a
+are idle and none is starting or stopping, and deletes the session after it, untimed). **Warm execute**: `1 + 1` on a
 session that already ran, over HTTP (final result only, and the NDJSON stream read to its
 end) interleaved with `pool.execute("1 + 1", session=…)` of an in-process `AsyncKernelPool`
 on the same machine, {warm_reps} rounds after {warmup} warm-up rounds; the overhead is the
@@ -43,10 +43,10 @@ CREATE_WHY = (
     "the pool's refill (a kernel start: a process spawn, then about a second of imports on one of the "
     "two cores) runs beside the session's first cells. The pool holds a refill back only for the first "
     "cells running when it is due, and for a service session that is the hidden set-up cell (cwd, env), "
-    "not the caller's `1 + 1`. Measured by hand on the same loaded machine, 30 interleaved samples: "
-    "45.9 ms p50 with refills (`--max-kernels 8`) against 22.5 ms where the pool has no room to refill "
-    "(`--max-kernels 2 --min-idle 2`); the execute alone 28.6 against 11.7 ms. On a machine with spare "
-    "cores the two do not compete."
+    "not the caller's `1 + 1`. Measured by hand the same way (a quiet pool before each sample), 30 "
+    "interleaved samples at load average 4: 27.3 ms p50 with the refill (`--max-kernels 8`) against "
+    "15.8 ms where the pool has no room to refill (`--max-kernels 2 --min-idle 2`); the execute alone "
+    "16.8 against 8.6 ms. On a machine with a spare core the two do not compete."
 )
 
 
@@ -98,16 +98,18 @@ def serve(*args: str) -> Iterator[tuple[int, str]]:
         log.close()
 
 
-def fresh_idle(client: Client) -> int:
+def quiet_and_prewarmed(client: Client, n: int) -> bool:
+    """``n`` fresh kernels idle, and no kernel starting or stopping (no pool work beside the next sample)."""
     status, body = client.call("GET", "/pool")
     kernels = json.loads(body)["kernels"]
-    return sum(1 for k in kernels if k["state"] == "idle" and k["session"] is None and k["executions"] == 0)
+    fresh = sum(1 for k in kernels if k["state"] == "idle" and k["session"] is None and k["executions"] == 0)
+    return fresh >= n and not any(k["state"] in ("starting", "stopping") for k in kernels)
 
 
 def wait_prewarmed(client: Client, n: int, timeout: float = 120) -> None:
-    """Poll the pool's snapshot until ``n`` fresh kernels are idle (an HTTP client gets no event for it)."""
+    """Poll the pool's snapshot until it is quiet with ``n`` fresh kernels (an HTTP client gets no event for it)."""
     deadline = time.monotonic() + timeout
-    while fresh_idle(client) < n:
+    while not quiet_and_prewarmed(client, n):
         if time.monotonic() > deadline:
             raise TimeoutError("the service did not prewarm its kernels")
         time.sleep(0.02)
