@@ -211,6 +211,27 @@ async def test_a_client_that_disconnects_mid_execute_interrupts_the_cell(client,
     await client.delete("/gone")
 
 
+async def test_a_client_waiting_for_the_final_result_only_interrupts_too_when_it_leaves(client, service):
+    code = (
+        "import time\ninterrupted = False\nopen('started', 'w').close()\n"
+        "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    interrupted = True"
+    )
+    await client.put("/gone-json")
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+    body = json.dumps({"code": code})
+    headers = {**service.headers, "Accept": "application/json", "Content-Type": "application/json"}
+    await asyncio.to_thread(conn.request, "POST", "/sessionpool/api/sessions/gone-json/execute", body, headers)
+
+    async def started() -> bool:
+        return (await client.get("/gone-json/files/started")).status_code == 200
+
+    await until(started, "the cell to start")
+    conn.close()  # the client goes away without reading its answer
+    after = (await run(client, "gone-json", "interrupted")).json()
+    assert after["result"] == "True", "the cell was not interrupted when its client went away"
+    await client.delete("/gone-json")
+
+
 # ---- the three clocks ---------------------------------------------------------------------------
 
 

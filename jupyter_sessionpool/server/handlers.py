@@ -219,8 +219,9 @@ class ExecuteHandler(_Handler):
         accept = self.request.headers.get("Accept", "")
         if "application/json" in accept and NDJSON not in accept:
             self._task = asyncio.ensure_future(self.service.execute(session_id, body["code"], body.get("timeout")))
-            result = await self._task
-            self.reply(result_event(result))
+            await asyncio.wait([self._task])
+            if not self._task.cancelled():  # cancelled: the client went away, there is nobody to answer
+                self.reply(result_event(self._task.result()))
             return
         await self._stream(session_id, body["code"], body.get("timeout"))
 
@@ -244,6 +245,8 @@ class ExecuteHandler(_Handler):
                 while not outputs.empty():  # a flood goes out in one write, not one per output
                     batch.append(outputs.get_nowait())
                 sent = await self._send([output_event(out) for out in batch], sent)
+            if task.cancelled():
+                return  # the client went away (on_connection_close): its cell is being interrupted
             if not outputs.empty():  # every output was queued before the execution returned
                 sent = await self._send([output_event(outputs.get_nowait()) for _ in range(outputs.qsize())], sent)
             try:
