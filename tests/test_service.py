@@ -467,6 +467,8 @@ async def test_bad_json_bad_ids_and_bad_fields_are_4xx(client):
         assert response.json()["error"] == "BadRequest" and response.json()["message"]
     too_big = await client.post("/bad/execute", json={"code": "x" * 30_000})
     assert too_big.status_code == 413 and too_big.json()["error"] == "PayloadTooLarge"
+    huge = await client.post("/bad/execute", content=b'{"code": "' + b"y" * 2_000_000 + b'"}')
+    assert huge.status_code == 413, "a body past the limit is refused before it is read whole"
     assert (await client.get("")).status_code == 200
     assert "bad" not in [s["id"] for s in (await client.get("")).json()], "bad input created a session"
     missing = await client.get("/nosuch")

@@ -92,7 +92,7 @@ class _Handler(ExtensionHandlerMixin, APIHandler):
 
     def json_body(self, allowed: set[str]) -> dict[str, Any]:
         """The request's JSON object (empty body: {}); BadRequest for anything else or unknown keys."""
-        raw = self.request.body or b""
+        raw = bytes(getattr(self, "_body", b"")) or self.request.body or b""
         if not raw.strip():
             return {}
         try:
@@ -135,6 +135,68 @@ class _Handler(ExtensionHandlerMixin, APIHandler):
         self.finish(json.dumps({"error": name, "message": message}))
 
 
+class _BodyFirst(_Handler):
+    """A handler whose request body streams in: authenticated and judged before the body arrives,
+    so that a body past the service's limits is refused (413) without being held or written."""
+
+    _refused = False
+
+    async def authorize_body(self, action: str) -> None:
+        """Refuse a request with no valid token, or not allowed ``action``, before its body is read."""
+        if self.current_user is None:
+            raise web.HTTPError(403)
+        allowed = self.authorizer.is_authorized(self, self.current_user, action, self.auth_resource)
+        if not (await allowed if inspect.isawaitable(allowed) else allowed):
+            raise web.HTTPError(403, f"not authorized to {action} {self.auth_resource}")
+
+    def content_length(self) -> int:
+        """The request's Content-Length (0 when absent: a chunked body is counted as it comes)."""
+        try:
+            return int(self.request.headers.get("Content-Length", "0") or 0)
+        except ValueError:
+            raise BadRequest(f"bad Content-Length {self.request.headers.get('Content-Length')!r}") from None
+
+    def refuse(self, exc: BaseException) -> None:
+        """Answer a request refused before its body was read; its connection closes (the body is not read)."""
+        self._refused = True
+        self.set_header("Connection", "close")
+        self.fail(exc)
+
+
+@web.stream_request_body
+class _JSONBody(_BodyFirst):
+    """A handler with a JSON body, held in memory only up to the service's limit."""
+
+    _body: bytearray
+
+    def body_limit(self) -> int:
+        return 6 * self.service.max_code_size + (64 << 10)  # code, JSON-escaped at worst, and the rest
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        self._body = bytearray()
+        if self.request.method not in ("POST", "PUT") or self._finished:
+            return
+        await self.authorize_body("execute")
+        limit = self.body_limit()
+        try:
+            length = self.content_length()
+            if length > limit:
+                raise PayloadTooLarge(f"the request body is {length:,} bytes; the limit is {limit:,}")
+        except ServiceError as exc:
+            self.refuse(exc)
+            return
+        self.request.connection.set_max_body_size(max(limit, length) + 1)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refused:
+            return
+        self._body += chunk
+        if len(self._body) > self.body_limit():
+            self._body = bytearray()
+            self.refuse(PayloadTooLarge(f"the request body is over the limit of {self.body_limit():,} bytes"))
+
+
 class SessionsHandler(_Handler):
     """``GET /sessionpool/api/sessions``: every session."""
 
@@ -153,13 +215,15 @@ class PoolHandler(_Handler):
         self.reply(self.service.pool.stats().to_dict())
 
 
-class SessionHandler(_Handler):
+class SessionHandler(_JSONBody):
     """``PUT`` (get or create), ``GET`` (describe), ``DELETE`` (release) one session."""
 
     @web.authenticated
     @authorized
     @answers
     async def put(self, session_id: str) -> None:
+        if self._refused:
+            return
         body = self.json_body({"kernel_name", "env", "idle_timeout"})
         session, created = await self.service.open(session_id, **body)
         if created:
@@ -181,13 +245,15 @@ class SessionHandler(_Handler):
         self.finish()
 
 
-class ActionHandler(_Handler):
+class ActionHandler(_JSONBody):
     """``POST …/{id}/interrupt`` and ``POST …/{id}/restart``."""
 
     @web.authenticated
     @authorized
     @answers
     async def post(self, session_id: str, action: str) -> None:
+        if self._refused:
+            return
         self.json_body(set())
         if action == "interrupt":
             done = await self.service.interrupt(session_id)
@@ -196,7 +262,7 @@ class ActionHandler(_Handler):
         self.reply({**self.service.describe(self.service.get(session_id)), action + "ed": done})
 
 
-class ExecuteHandler(_Handler):
+class ExecuteHandler(_JSONBody):
     """``POST …/{id}/execute``: NDJSON events as outputs arrive, then the result; or only the result.
 
     Each output event is the nbformat output with ``type`` set to its ``output_type`` (``stream``,
@@ -213,6 +279,8 @@ class ExecuteHandler(_Handler):
     @authorized
     @answers
     async def post(self, session_id: str) -> None:
+        if self._refused:
+            return
         body = self.json_body({"code", "timeout"})
         if "code" not in body:
             raise BadRequest('the body needs "code": {"code": "1 + 1", "timeout": 30}')
@@ -294,7 +362,7 @@ def result_event(result: Any) -> dict[str, Any]:
 
 
 @web.stream_request_body
-class FilesHandler(_Handler):
+class FilesHandler(_BodyFirst):
     """``GET|PUT|DELETE …/{id}/files/{path}`` and ``GET …/{id}/files/`` inside the session's directory.
 
     Uploads stream to disk (never held in memory) and are refused past ``max_upload_size``
@@ -302,30 +370,24 @@ class FilesHandler(_Handler):
     """
 
     _upload: files.Upload | None = None
-    _refused = False
 
     async def prepare(self) -> None:  # type: ignore[override]
         await super().prepare()
         if self.request.method != "PUT" or self._finished:
             return
-        # the body streams in after this: authenticate and decide on it now, not after it arrived
-        if self.current_user is None:
-            raise web.HTTPError(403)
-        allowed = self.authorizer.is_authorized(self, self.current_user, "write", self.auth_resource)
-        if not (await allowed if inspect.isawaitable(allowed) else allowed):
-            raise web.HTTPError(403, "not authorized to write files of sessions")
+        await self.authorize_body("write")
         session_id, relative = self.path_args[0], self.path_args[1] or ""
         try:
             limit = self.service.max_upload_size
-            length = int(self.request.headers.get("Content-Length", "0") or 0)
+            length = self.content_length()
             directory = self.service.get(session_id).directory
             self._upload = files.Upload(self.service.root, directory, relative, limit)
             if length > limit:
                 self._upload.abort()
                 raise PayloadTooLarge(f"the upload is {length:,} bytes; the limit is {limit:,} bytes; nothing was written")
             self.request.connection.set_max_body_size(max(limit, length) + 1)
-        except (ServiceError, PoolError, ValueError) as exc:
-            self._refuse(exc if not isinstance(exc, ValueError) else BadRequest(f"bad Content-Length: {exc}"))
+        except (ServiceError, PoolError) as exc:
+            self.refuse(exc)
 
     def data_received(self, chunk: bytes) -> None:
         if self._upload is None or self._refused:
@@ -334,13 +396,7 @@ class FilesHandler(_Handler):
             self._upload.write(chunk)
         except ServiceError as exc:
             self._upload = None
-            self._refuse(exc)
-
-    def _refuse(self, exc: BaseException) -> None:
-        """Answer an upload refused before its body was read; the connection closes (its body is not read)."""
-        self._refused = True
-        self.set_header("Connection", "close")
-        self.fail(exc)
+            self.refuse(exc)
 
     def on_connection_close(self) -> None:
         if self._upload is not None:  # the client went away mid-upload: leave nothing

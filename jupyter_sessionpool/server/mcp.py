@@ -254,25 +254,32 @@ def _handler_class() -> Any:
 
     from jupyter_server.auth.decorator import authorized
 
-    from .handlers import _Handler
+    from .handlers import _JSONBody
 
-    class MCPHandler(_Handler):
+    class MCPHandler(_JSONBody):
         """``/sessionpool/mcp``: MCP's streamable HTTP, authenticated by the server, relayed to the SDK."""
+
+        def body_limit(self) -> int:
+            # a JSON-RPC message carries code, or a file for upload_file (base64: 4/3 of its size)
+            return max(super().body_limit(), 2 * self.service.max_upload_size)
 
         @web.authenticated
         @authorized
         async def post(self) -> None:
-            await self._relay()
+            if not self._refused:
+                await self._relay()
 
         @web.authenticated
         @authorized
         async def get(self) -> None:
-            await self._relay()
+            if not self._refused:
+                await self._relay()
 
         @web.authenticated
         @authorized
         async def delete(self) -> None:
-            await self._relay()
+            if not self._refused:
+                await self._relay()
 
         async def _relay(self) -> None:
             try:
@@ -309,7 +316,7 @@ def _handler_class() -> Any:
             }
 
         def _receive(self) -> Any:
-            body = [self.request.body or b""]
+            body = [bytes(self._body) or self.request.body or b""]
             closed = asyncio.Event()
             self._closed = closed
 
