@@ -73,6 +73,11 @@ def answers(method: Any) -> Any:
 
     @functools.wraps(method)
     async def wrapper(self: _Handler, *args: Any, **kwargs: Any) -> None:
+        self._body_complete = True  # tornado calls a method once the whole body has arrived
+        refusal = getattr(self, "_refusal", None)
+        if refusal is not None:  # refused while its body came in (and was dropped): answer now
+            self.fail(refusal)
+            return
         try:
             await method(self, *args, **kwargs)
         except (ServiceError, PoolError) as exc:
@@ -135,11 +140,33 @@ class _Handler(ExtensionHandlerMixin, APIHandler):
         self.finish(json.dumps({"error": name, "message": message}))
 
 
+_DRAIN = 16 << 20
+"""Bytes of a refused request's body read and dropped so that its client hears the answer (a server
+that closes on an unread body resets the connection, and the client sees no answer); past it, the
+answer goes at once and the connection is closed."""
+
+
 class _BodyFirst(_Handler):
     """A handler whose request body streams in: authenticated and judged before the body arrives,
     so that a body past the service's limits is refused (413) without being held or written."""
 
-    _refused = False
+    _refusal: BaseException | None = None
+    _received = 0  # bytes of the body so far
+    _dropped = 0  # of which dropped after the refusal
+
+    def fail(self, exc: BaseException) -> None:
+        self._close_unless_read()
+        super().fail(exc)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self._close_unless_read()
+        super().write_error(status_code, **kwargs)
+
+    def _close_unless_read(self) -> None:
+        """An answer before the body was read: tornado then closes the connection, so say so (a client
+        would otherwise send its next request on it)."""
+        if not getattr(self, "_body_complete", False) and self.request.method in ("POST", "PUT"):
+            self.set_header("Connection", "close")
 
     async def authorize_body(self, action: str) -> None:
         """Refuse a request with no valid token, or not allowed ``action``, before its body is read."""
@@ -157,10 +184,28 @@ class _BodyFirst(_Handler):
             raise BadRequest(f"bad Content-Length {self.request.headers.get('Content-Length')!r}") from None
 
     def refuse(self, exc: BaseException) -> None:
-        """Answer a request refused before its body was read; its connection closes (the body is not read)."""
-        self._refused = True
-        self.set_header("Connection", "close")
-        self.fail(exc)
+        """Refuse the request: the rest of its body is dropped as it comes, and the answer goes once it
+        has (past :data:`_DRAIN` bytes, at once, closing the connection)."""
+        self._refusal = exc
+        try:
+            length = int(self.request.headers.get("Content-Length", "") or -1)
+        except ValueError:
+            length = self._received + _DRAIN + 1
+        if length - self._received > _DRAIN:
+            self.fail(exc)
+        else:  # read to the end (chunked: up to _DRAIN more) and drop it
+            self.request.connection.set_max_body_size(max(length, self._received + _DRAIN) + 1)
+
+    def dropped(self, chunk: bytes) -> bool:
+        """Count ``chunk``; True if the request was refused: it is dropped (past :data:`_DRAIN` bytes
+        the answer goes at once)."""
+        self._received += len(chunk)
+        if self._refusal is None:
+            return False
+        self._dropped += len(chunk)
+        if self._dropped > _DRAIN and not self._finished:
+            self.fail(self._refusal)
+        return True
 
 
 @web.stream_request_body
@@ -186,10 +231,10 @@ class _JSONBody(_BodyFirst):
         except ServiceError as exc:
             self.refuse(exc)
             return
-        self.request.connection.set_max_body_size(max(limit, length) + 1)
+        self.request.connection.set_max_body_size(max(limit, length) + _DRAIN)  # our own count refuses past the limit
 
     def data_received(self, chunk: bytes) -> None:
-        if self._refused:
+        if self.dropped(chunk):
             return
         self._body += chunk
         if len(self._body) > self.body_limit():
@@ -222,8 +267,6 @@ class SessionHandler(_JSONBody):
     @authorized
     @answers
     async def put(self, session_id: str) -> None:
-        if self._refused:
-            return
         body = self.json_body({"kernel_name", "env", "idle_timeout"})
         session, created = await self.service.open(session_id, **body)
         if created:
@@ -252,8 +295,6 @@ class ActionHandler(_JSONBody):
     @authorized
     @answers
     async def post(self, session_id: str, action: str) -> None:
-        if self._refused:
-            return
         self.json_body(set())
         if action == "interrupt":
             done = await self.service.interrupt(session_id)
@@ -279,8 +320,6 @@ class ExecuteHandler(_JSONBody):
     @authorized
     @answers
     async def post(self, session_id: str) -> None:
-        if self._refused:
-            return
         body = self.json_body({"code", "timeout"})
         if "code" not in body:
             raise BadRequest('the body needs "code": {"code": "1 + 1", "timeout": 30}')
@@ -385,12 +424,12 @@ class FilesHandler(_BodyFirst):
             if length > limit:
                 self._upload.abort()
                 raise PayloadTooLarge(f"the upload is {length:,} bytes; the limit is {limit:,} bytes; nothing was written")
-            self.request.connection.set_max_body_size(max(limit, length) + 1)
+            self.request.connection.set_max_body_size(max(limit, length) + _DRAIN)  # our own count refuses past the limit
         except (ServiceError, PoolError) as exc:
             self.refuse(exc)
 
     def data_received(self, chunk: bytes) -> None:
-        if self._upload is None or self._refused:
+        if self.dropped(chunk) or self._upload is None:
             return
         try:
             self._upload.write(chunk)
@@ -407,9 +446,9 @@ class FilesHandler(_BodyFirst):
     @authorized
     @answers
     async def put(self, session_id: str, relative: str | None) -> None:
-        if self._refused or self._upload is None:
-            return
         upload, self._upload = self._upload, None
+        if upload is None:
+            raise BadRequest("no upload was received")
         created = await asyncio.to_thread(upload.commit)
         self.reply({"path": (relative or "").strip("/"), "size": upload.size}, 201 if created else 200)
 

@@ -254,7 +254,7 @@ def _handler_class() -> Any:
 
     from jupyter_server.auth.decorator import authorized
 
-    from .handlers import _JSONBody
+    from .handlers import _JSONBody, answers
 
     class MCPHandler(_JSONBody):
         """``/sessionpool/mcp``: MCP's streamable HTTP, authenticated by the server, relayed to the SDK."""
@@ -265,21 +265,21 @@ def _handler_class() -> Any:
 
         @web.authenticated
         @authorized
+        @answers
         async def post(self) -> None:
-            if not self._refused:
-                await self._relay()
+            await self._relay()
 
         @web.authenticated
         @authorized
+        @answers
         async def get(self) -> None:
-            if not self._refused:
-                await self._relay()
+            await self._relay()
 
         @web.authenticated
         @authorized
+        @answers
         async def delete(self) -> None:
-            if not self._refused:
-                await self._relay()
+            await self._relay()
 
         async def _relay(self) -> None:
             try:
