@@ -73,7 +73,18 @@ $(BENCH_VENV)/.installed: pyproject.toml $(STAMP)
 	SKIP_JUPYTER_BUILDER=1 $(BENCH_VENV)/bin/pip install -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
 	touch $@
 
-bench: $(BENCH_VENV)/.installed  ## the pool against raw jupyter_client and its peers (~10 min); writes docs/benchmarks.md
+# jupyter-mcp-server (the MCP peer of the service, with JupyterLab and jupyter-collaboration) pins
+# its own stack: a venv of its own too, never .venv or .venv-bench.
+PEER_VENV := .venv-mcp-peer
+$(PEER_VENV)/.installed:
+	@test -x $(PEER_VENV)/bin/python || { printf '\n==> %s\n' "Creating $(PEER_VENV) for jupyter-mcp-server"; $(PY) -m venv $(PEER_VENV); }
+	echo '*' > $(PEER_VENV)/.gitignore
+	$(PEER_VENV)/bin/pip install -U pip
+	$(say) "Installing jupyter-mcp-server 2.2.4 (the MCP peer) into $(PEER_VENV)"
+	$(PEER_VENV)/bin/pip install "jupyter-mcp-server==2.2.4"
+	touch $@
+
+bench: $(BENCH_VENV)/.installed $(PEER_VENV)/.installed  ## the pool against raw jupyter_client and its peers (~15 min); writes docs/benchmarks.md
 	$(BENCH_VENV)/bin/python bench/run.py
 
 soak: $(STAMP)  ## the long fault runs (~10 min): 50 kill rounds, 2 min of load, 1,000 sessions of churn; figures into docs/reliability.md

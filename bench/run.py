@@ -39,20 +39,25 @@ import books  # noqa: E402
 import checkout  # noqa: E402
 import concurrency  # noqa: E402
 import magics  # noqa: E402
+import mcp_peer  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
 import remote  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
+import service  # noqa: E402
 import startup  # noqa: E402
 import throughput  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
-# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11)
-# and batch runs (issue 14).
+# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11),
+# batch runs (issue 14), and the service over HTTP and MCP against jupyter-mcp-server (issue 18).
 ITEMS = {
     m.__name__: m
-    for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch)
+    for m in (
+        overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch, service,
+        mcp_peer,
+    )
 }
 
 

@@ -58,6 +58,14 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "jupyter-sessionpool"}]
 
 
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """The Jupyter Server extension (the sessions API and MCP), enabled by
+    ``--ServerApp.jpserver_extensions="{'jupyter_sessionpool': True}"``."""
+    from .server.app import SessionPoolApp
+
+    return [{"module": "jupyter_sessionpool.server", "app": SessionPoolApp}]
+
+
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext jupyter_sessionpool``: register ``%pool``/``%%pool``; the pool starts on first use."""
     from .notebook.comm import register as register_comm

@@ -39,6 +39,7 @@ import nbformat
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 
+from ._setup import python_setup_code
 from ._version import __version__
 from .config import check_timeout
 from .errors import ExecutionTimeout, KernelDied, PoolError
@@ -679,7 +680,7 @@ class _Runner:
         if info:
             nb.metadata["language_info"] = info
         if plan.cwd is not None:
-            moved = await lease.execute(f"__import__('os').chdir({plan.cwd!r})", timeout=60, store_history=False)
+            moved = await lease.execute(python_setup_code(cwd=plan.cwd), timeout=60, store_history=False)
             if moved.status != "ok":
                 result.status, result.error = FAILED, f"cannot change to the notebook's directory: {moved.error['evalue']}"
                 return None

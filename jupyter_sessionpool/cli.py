@@ -87,20 +87,98 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gateway-url", metavar="URL", help="run the kernels on a Jupyter (Enterprise) Kernel Gateway")
     run.add_argument("--fail-fast", action="store_true", help="stop everything at the first failing notebook")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary; failures only")
+    _service_options(commands.add_parser(
+        "serve",
+        help="serve sessions over HTTP and MCP: a Jupyter Server with only this package's extension",
+        description="Start a Jupyter Server with only jupyter_sessionpool's extension: the sessions API at "
+        "/sessionpool/api/sessions and MCP at /sessionpool/mcp. Any other setting: --Class.trait=value "
+        "(--AsyncKernelPool.startup_timeout=30, --SessionPoolApp.idle_timeout=600, --ServerApp.certfile=...).",
+    ), serve=True)
+    _service_options(commands.add_parser(
+        "mcp",
+        help="an MCP server on stdio (for agents), on a pool of its own",
+        description="Serve MCP over stdin/stdout: execute_code, list_sessions, interrupt_session, "
+        "restart_session, release_session, upload_file, download_file. Needs the 'mcp' extra. Any other pool "
+        "setting: --AsyncKernelPool.name=value (or --KernelPool.name=value).",
+    ), serve=False)
     return parser
+
+
+def _service_options(parser: argparse.ArgumentParser, serve: bool) -> None:
+    """The options of `serve` (defaults: its own) and `mcp` (defaults: the pool's, min_idle 1)."""
+    if serve:
+        parser.add_argument("--port", type=int, metavar="N", help="port to listen on (default 8900)")
+        parser.add_argument("--ip", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
+        parser.add_argument("--token", metavar="T", help="the token clients send (default: a random one, printed)")
+    parser.add_argument("--max-kernels", type=_jobs, metavar="N", help=f"most kernels at once (default {8 if serve else 4}, the pool's)")
+    parser.add_argument("--min-idle", type=int, metavar="N", help=f"kernels kept prewarmed (default {2 if serve else 1})")
+    parser.add_argument("--gateway-url", metavar="URL", help="run the kernels on a Jupyter (Enterprise) Kernel Gateway")
+    parser.add_argument("--root-dir", metavar="DIR",
+                        help="directory of the sessions' working directories (default: a temporary one)")
+    if not serve:
+        parser.add_argument("--kernel", metavar="NAME", help="kernelspec of the sessions (default python3)")
+        parser.add_argument("--timeout", type=_positive_float, metavar="S",
+                            help="default seconds a cell may run before it is interrupted (default: no limit)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)  # `serve` passes --Class.trait=value settings on
+        if extra and args.command not in ("serve", "mcp"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "serve":
+        from .server.app import serve
+
+        return serve(args, extra)
+    if args.command == "mcp":
+        return _mcp(args, extra)
     return _run(args)
+
+
+def _mcp(args: argparse.Namespace, extra: list[str]) -> int:
+    import asyncio
+
+    from traitlets.config import Config
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    bad = [arg for arg in extra if not (arg.startswith("--") and "." in arg.split("=", 1)[0])]
+    if bad:
+        print(f"jupyter-sessionpool mcp: error: unrecognised argument(s) {' '.join(bad)}; pool settings are given "
+              "as --AsyncKernelPool.name=value", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from .server.mcp import require_sdk, run_stdio
+        from .server.service import SessionService, pool_config
+
+        require_sdk()
+    except ImportError as exc:
+        print(f"jupyter-sessionpool mcp: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    config = Config()
+    config.AsyncKernelPool.min_idle = 1  # an agent's first call should not wait for a kernel to start
+    config.merge(pool_config(KVArgParseConfigLoader(argv=extra).load_config()))
+    options: dict[str, Any] = {"config": config}
+    for name, value in (("max_kernels", args.max_kernels), ("min_idle", args.min_idle), ("gateway_url", args.gateway_url),
+                        ("kernel_name", args.kernel), ("execution_timeout", args.timeout)):  # fmt: skip
+        if value is not None:
+            options[name] = value
+    try:
+        service = SessionService(options, root_dir=args.root_dir)
+    except (TypeError, ValueError) as exc:
+        print(f"jupyter-sessionpool mcp: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(run_stdio(service))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,24 +15,3 @@ def test_demo_runs_four_sessions_at_once():
     wall = float(out.stdout.split("wall ")[1].split(" s")[0])
     assert wall < 2.5, f"the four one-second cells were serialised: {wall} s"
 
-
-def test_service_keeps_state_per_connection_and_releases_on_disconnect():
-    proc = subprocess.Popen(
-        [sys.executable, EXAMPLES / "service.py", "--port", "0", "--max-kernels", "2"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        port = int(proc.stdout.readline().rsplit(":", 1)[1])
-
-        def ask(conn: socket.socket, code: str) -> dict:
-            conn.sendall(code.encode() + b"\n")
-            return json.loads(conn.makefile().readline())
-
-        with socket.create_connection(("127.0.0.1", port)) as a, socket.create_connection(("127.0.0.1", port)) as b:
-            assert ask(a, "x = 41")["status"] == "ok"
-            assert ask(a, "x + 1")["result"] == "42"
-            assert ask(b, "x")["error"]["ename"] == "NameError", "each connection is its own session"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    assert proc.returncode == 0

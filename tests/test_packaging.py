@@ -254,6 +254,8 @@ def test_build_runs_the_js_build_once(dists: Dists) -> None:
     data = f"jupyter_sessionpool-{VERSION}.data/data/share/jupyter/labextensions/jupyter-sessionpool/"
     assert {"jupyter_sessionpool/py.typed", f"jupyter_sessionpool-{VERSION}.dist-info/licenses/LICENSE",
             data + "package.json", data + "install.json", data + "static/style.js"} <= names
+    # the server extension ships disabled: installing the package adds no API to anyone's server
+    assert f"jupyter_sessionpool-{VERSION}.data/data/etc/jupyter/jupyter_server_config.d/jupyter_sessionpool.json" in names
 
 
 def test_wheel_installs_complete(wheel_venv: Venv) -> None:
