@@ -111,6 +111,9 @@ class Lease:
             raise PoolError("this lease is already running a cell; wait for it or use another session")
         if timeout is None:
             timeout = self._pool.execution_timeout
+        if self._discard is None and not self._worker.alive and self.session is not None:
+            self._discard = "its kernel died"  # while idle, before this call: the session's loss, said once
+            raise self._pool._session_lost(self._slot)
         if self._discard is not None or not self._worker.alive:
             raise KernelDied(self.kernel_id, self.session)
         run = self._inflight = execution.Execution(
@@ -135,7 +138,7 @@ class Lease:
             if exc.result is None and self.session is not None:
                 # the kernel was lost before this cell reached it (a remote kernel restarted while
                 # its connection was down): that is the session's loss, reported once, here
-                raise self._pool._session_lost(self.session, self._worker) from None
+                raise self._pool._session_lost(self._slot) from None
             raise
         except ProtocolError:
             self._discard, self._inflight = "its kernel broke the messaging protocol", None
@@ -552,12 +555,17 @@ class AsyncKernelPool(PoolSettings):
         self.log.info("session %r expired after %g s idle", session, self.session_idle_timeout)
         self._apply(self._books.expire(session, self.session_idle_timeout))
 
-    def _session_lost(self, session: str, worker: KernelWorker) -> SessionLost:
-        """The SessionLost for a call whose cell never reached its lost kernel; the books' own
-        report of that loss is taken, so the session's next call gets a fresh kernel."""
+    def _session_lost(self, slot: Slot) -> SessionLost:
+        """The SessionLost for a call whose cell never reached its session's dead kernel.
+
+        The books hear of the death now if its exit callback has not run yet, and their own
+        report of the loss is taken: the session's next call gets a fresh kernel, not a second
+        SessionLost.
+        """
+        session = slot.session
+        self._on_exit(slot)
         self._books.lost.pop(session, None)
-        reason = worker.exited.result() if worker.exited.done() else "its kernel died"
-        return SessionLost(session, reason)
+        return SessionLost(session, slot.handle.exited.result())
 
     def _count(self, counter: str) -> None:
         self._books.counters[counter] += 1

@@ -172,6 +172,22 @@ async def test_idle_death_is_noticed_and_the_session_is_told_once(make_pool):
     assert r.error["ename"] == "NameError"
 
 
+async def test_a_death_between_cells_of_a_held_lease_is_the_sessions_loss_told_once(make_pool):
+    """A session's kernel that dies while its holder sends nothing is a loss of the session's state,
+    like an idle death: the holder's next cell raises SessionLost (it never ran), and the session's
+    next call runs on a fresh kernel instead of hearing of the same loss a second time."""
+    pool = await make_pool(max_kernels=2)
+    async with pool.checkout("a") as lease:
+        await lease.execute("x = 1")
+        died = until(pool, lambda s: s.counters["died"] == 1)
+        os.kill(lease.pid, signal.SIGKILL)
+        await asyncio.wait_for(died, 10)
+        with pytest.raises(SessionLost, match="variables are gone"):
+            await lease.execute("x")
+    r = await pool.execute("x", session="a")
+    assert r.error["ename"] == "NameError"
+
+
 async def test_min_idle_is_restored_after_an_idle_kernel_dies(make_pool):
     pool = await make_pool(max_kernels=2, min_idle=1)
     await pool.wait_ready(timeout=60)
