@@ -128,6 +128,7 @@ def test_junit_xml_is_well_formed_whatever_the_error_holds(tmp_path, capsys):
 
 
 def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):
+    before = set(psutil.Process().children(recursive=True))  # e.g. a session-scoped gateway of other tests
     src = tmp_path / "src"
     for name in ("a", "b"):
         marker = tmp_path / f"{name}.pid"
@@ -165,4 +166,4 @@ def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):
     assert not (out / "c.ipynb").exists()
     for kernel in kernels:
         kernel.wait(timeout=10)  # raises TimeoutExpired if the kernel outlived the command
-    assert not [p for p in psutil.Process().children(recursive=True)]
+    assert not set(psutil.Process().children(recursive=True)) - before
