@@ -86,10 +86,10 @@ def _gateway_message(response: HTTPResponse) -> str:
 
 
 def encode_v1(channel: str, msg: Message) -> bytes:
-    """A message as one ``v1.kernel.websocket.jupyter.org`` frame (uint64 LE offsets, channel, 4 JSON parts)."""
+    """A message as one ``v1.kernel.websocket.jupyter.org`` frame (uint64 LE offsets, channel, 4 JSON parts, buffers)."""
     parts = [channel.encode()] + [
         json.dumps(msg[key], default=json_default).encode() for key in ("header", "parent_header", "metadata", "content")
-    ]
+    ] + [bytes(buffer) for buffer in msg.get("buffers") or ()]
     offsets = [8 * (len(parts) + 2)]
     for part in parts:
         offsets.append(offsets[-1] + len(part))
@@ -105,6 +105,19 @@ def decode_v1(frame: bytes) -> tuple[str, Message]:
         raise ValueError(f"a v1 frame needs at least 5 parts, this one has {len(parts)}")
     header, parent, metadata, content = (json.loads(p) if p else {} for p in parts[1:5])
     return parts[0].decode(), _message(header, parent, metadata, content, parts[5:])
+
+
+def encode_json(channel: str, msg: Message) -> str | bytes:
+    """A message as a legacy frame: JSON text, or binary (uint32 BE offsets) when it has buffers."""
+    buffers = [bytes(buffer) for buffer in msg.get("buffers") or ()]
+    text = json.dumps({**{k: v for k, v in msg.items() if k != "buffers"}, "channel": channel}, default=json_default)
+    if not buffers:
+        return text
+    parts = [text.encode(), *buffers]
+    offsets = [4 * (len(parts) + 1)]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part))
+    return struct.pack(f"!{len(parts) + 1}I", len(parts), *offsets) + b"".join(parts)
 
 
 def decode_json(frame: str | bytes) -> tuple[str, Message]:
@@ -449,10 +462,14 @@ class GatewayWorker(KernelWorker):
 
     # ---- messages -------------------------------------------------------------------------
 
-    def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+    def request(
+        self, msg_type: str, content: dict[str, Any], channel: str = "shell", buffers: list[bytes] | None = None
+    ) -> Request:
         header = msg_header(uuid.uuid4().hex, msg_type, "jupyter_sessionpool", self._session_id)
         header["version"] = protocol_version
         msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content}  # the gateway signs it
+        if buffers:
+            msg["buffers"] = buffers
         request = self.router.open(msg["header"]["msg_id"], channel)
         if self.exited.done():
             return request  # its next() raises KernelExited
@@ -468,7 +485,8 @@ class GatewayWorker(KernelWorker):
             if self._v1:
                 sent = ws.write_message(encode_v1(channel, msg), binary=True)
             else:
-                sent = ws.write_message(json.dumps({**msg, "channel": channel}, default=json_default))
+                frame = encode_json(channel, msg)
+                sent = ws.write_message(frame, binary=isinstance(frame, bytes))
         except WebSocketClosedError:  # closed a moment ago; the close callback reconnects and flushes
             self._outbox.append((channel, msg))
             return
