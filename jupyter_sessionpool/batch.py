@@ -29,8 +29,9 @@ from typing import Any, Callable
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
 
+from .comms import WIDGET_STATE_MIME, CommEvent
 from .config import check_timeout
-from .errors import ExecutionTimeout, KernelDied, PoolError
+from .errors import CommNotFound, ExecutionTimeout, KernelDied, PoolError
 from .pool import AsyncKernelPool, Lease
 from .workers.local import check_kernelspec
 from .results import ExecutionResult
@@ -316,6 +317,47 @@ def carry_displays(shown: dict[str, list[tuple[Any, int]]], cell: Any, result: E
         shown.setdefault(display_id, []).extend((cell, i) for i in latest["outputs"])
 
 
+def set_widgets_metadata(nb: Any, widget_state: dict[str, Any]) -> None:
+    """Save this run's widgets as ``metadata.widgets``, as nbclient and papermill write it.
+
+    ``widget_state`` is the run's ``application/vnd.jupyter.widget-state+json`` value
+    (``Lease.widget_state()``: every model with its latest state, each Output widget's
+    captured outputs). It replaces what the input held, whose model ids no output of this run
+    refers to; a run without widgets leaves none.
+    """
+    if widget_state["state"]:
+        nb.metadata["widgets"] = {WIDGET_STATE_MIME: widget_state}
+    else:
+        nb.metadata.pop("widgets", None)
+
+
+class OutputWidgets:
+    """What a front end does for ``Output`` widgets, done for a batch run as nbclient does it.
+
+    A front end tells the kernel what each ``Output`` widget captured (its ``outputs``), so
+    later cells find it there (``out.outputs``, ``out.append_stdout(...)`` adds to it, a repr
+    shows it). Pass :meth:`on_comm` to each cell's ``execute``, then :meth:`sync` after it.
+    """
+
+    def __init__(self) -> None:
+        self._captured: set[str] = set()
+
+    def on_comm(self, event: CommEvent) -> None:
+        if event.msg_type == "output":
+            self._captured.add(event.comm_id)
+
+    async def sync(self, lease: Lease) -> None:
+        """Send each Output widget that captured something since the last sync its ``outputs``."""
+        captured, self._captured = self._captured, set()
+        models = lease.widget_state()["state"]
+        for comm_id in captured & set(models):
+            update = {"method": "update", "state": {"outputs": models[comm_id]["state"]["outputs"]}, "buffer_paths": []}
+            try:
+                await lease.send_comm(comm_id, update)
+            except CommNotFound:  # the kernel closed it meanwhile
+                pass
+
+
 def _finish(nb: Any, result: NotebookResult) -> None:
     meta = nb.metadata["papermill"]
     ended = _now()
@@ -421,7 +463,10 @@ class _Runner:
                 self.left[plan.pool_key] -= 1
                 pool.min_idle = min(self.jobs, self.left[plan.pool_key])  # never prewarm a kernel nobody will use
                 started = time.monotonic()
-                await self._cells(plan, lease, started)
+                try:
+                    await self._cells(plan, lease, started)
+                finally:
+                    set_widgets_metadata(nb, lease.widget_state())
         except asyncio.CancelledError:
             result.status = INTERRUPTED
             result.error = result.error or "interrupted"
@@ -458,6 +503,7 @@ class _Runner:
                 result.status, result.error = FAILED, f"cannot change to the notebook's directory: {moved.error['evalue']}"
                 return
         shown: dict[str, list[tuple[Any, int]]] = {}  # display id -> (cell, output index), across cells
+        widgets = OutputWidgets()
 
         def fill(cell: Any, run: ExecutionResult, t0: datetime.datetime) -> None:
             fill_cell(cell, run, t0, _now())
@@ -477,7 +523,7 @@ class _Runner:
             cell.metadata["papermill"].update(status="running", start_time=_now().isoformat(), exception=False)
             t0 = _now()
             try:
-                run = await lease.execute(cell.source, timeout=limit)
+                run = await lease.execute(cell.source, timeout=limit, on_comm=widgets.on_comm)
             except ExecutionTimeout as exc:
                 fill(cell, exc.result, t0)
                 total = self.cell_timeout if which == "cell" else self.timeout
@@ -489,6 +535,7 @@ class _Runner:
                 result.status, result.error = DIED, f"cell {index}: the kernel died"
                 return
             fill(cell, run, t0)
+            await widgets.sync(lease)
             result.cells += 1
             self._report("cell", result)
             if run.status != "ok" and "raises-exception" not in cell.metadata.get("tags", []):
