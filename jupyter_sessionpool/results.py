@@ -133,7 +133,7 @@ class _Outputs:
         elif kind == "stream":
             self.apply({"output_type": "stream", "name": content["name"], "text": content["text"]})
         elif kind in ("display_data", "execute_result", "update_display_data"):
-            out = {"output_type": kind, "data": content["data"], "metadata": content.get("metadata", {})}
+            out = {"output_type": kind, "metadata": content.get("metadata", {}), "data": content["data"]}  # nbformat's order
             if kind == "execute_result":
                 out["execution_count"] = content.get("execution_count")
             if content.get("transient"):

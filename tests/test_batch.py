@@ -17,6 +17,8 @@ import nbformat
 import psutil
 import pytest
 
+from widgetkit import WIDGET_STATE, widget_models
+
 from jupyter_sessionpool.batch import (
     DIED,
     FAILED,
@@ -274,29 +276,10 @@ def test_injection_replaces_an_earlier_injected_cell():
 # ---- widgets: metadata.widgets as papermill writes it ----------------------------------------------
 
 NBCLIENT_FILES = Path(__file__).parent / "files" / "nbclient"  # nbclient 0.11.0's tests/files (BSD-3-Clause)
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-_VOLATILE = [(re.compile(r"ipykernel_\d+/\d+"), "ipykernel/N"), (re.compile(r"0x[0-9a-f]+"), "0x…")]
 
 
-def widget_models(path: Path) -> list[str]:
-    """The saved models, ids aside: each as JSON, references by the referenced model's type."""
-    state = json.loads(path.read_text())["metadata"]["widgets"][WIDGET_STATE]["state"]
-    names = {model_id: model["model_name"] for model_id, model in state.items()}
-
-    def plain(value):
-        if isinstance(value, str):
-            if value.startswith("IPY_MODEL_"):
-                return "IPY_MODEL_" + names.get(value[len("IPY_MODEL_"):], "<missing>")
-            for pattern, replacement in _VOLATILE:
-                value = pattern.sub(replacement, value)
-            return value
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return sorted(json.dumps(plain(model), sort_keys=True) for model in state.values())
+def saved_models(path: Path) -> list[str]:
+    return widget_models(json.loads(path.read_text())["metadata"])
 
 
 def without_model_ids(path: Path) -> list[dict]:
@@ -355,7 +338,7 @@ def test_widget_state_is_saved_as_papermill_saves_it(tmp_path):
     assert {r.name: r.status for r in results} == dict.fromkeys(
         ["JupyterWidgets.ipynb", "Output.ipynb", "mine.ipynb", "plain.ipynb"], PASSED)
     for name in ("JupyterWidgets.ipynb", "Output.ipynb", "mine.ipynb"):
-        ours, theirs = widget_models(out / name), widget_models(reference / name)
+        ours, theirs = saved_models(out / name), saved_models(reference / name)
         assert ours == theirs, name
         assert without_model_ids(out / name) == without_model_ids(reference / name), name
     saved = json.loads((out / "Output.ipynb").read_text())["metadata"]["widgets"][WIDGET_STATE]["state"]
