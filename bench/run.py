@@ -46,13 +46,14 @@ import report  # noqa: E402
 import scale  # noqa: E402
 import startup  # noqa: E402
 import throughput  # noqa: E402
+import widgets  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
-# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11)
-# and batch runs (issue 14).
+# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11),
+# batch runs (issue 14) and widgets relayed from sessions (issue 20).
 ITEMS = {
     m.__name__: m
-    for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch)
+    for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch, widgets)
 }
 
 

@@ -14,22 +14,24 @@ call it answers (the cell or comm message whose request is its parent), otherwis
 session's watchers (``watch_comms``). Events and ``on_output`` outputs of one kernel go
 through one ordered queue to callback threads, so they arrive in the order the kernel sent
 them: a widget's ``comm_open`` before the output that displays it, an ``Output`` widget's
-capture before the outputs it captures. Rebuilding the state from events, the way the
-display-id loop in :mod:`.results` rebuilds displays::
+capture before the outputs it captures. The models' latest state, rebuilt from the events
+as a front end does (``widget_state`` returns it applied), the way the display-id loop in
+:mod:`.results` rebuilds displays::
 
     models = {}
 
-    def on_comm(event):
-        if event.msg_type in ("comm_open", "comm_msg"):
-            state = event.content["data"].get("state")
-            if state is not None:
-                models.setdefault(event.comm_id, {}).update(state)
-        elif event.msg_type == "output":  # captured by the Output widget event.comm_id
-            models[event.comm_id].setdefault("captured", []).append(event.content["output"])
+    def on_comm(event):  # on a callback thread, in order with on_output
+        state = event.content.get("data", {}).get("state") if event.msg_type != "output" else None
+        if state is not None:
+            models.setdefault(event.comm_id, {}).update(state)
 
     await pool.execute("import ipywidgets; s = ipywidgets.IntSlider(3); s", session="a", on_comm=on_comm)
-    await pool.send_comm("a", comm_id, {"method": "update", "state": {"value": 7}, "buffer_paths": []})
-    pool.widget_state("a")  # the same, applied: application/vnd.jupyter.widget-state+json
+    slider = next(i for i, m in models.items() if m["_model_name"] == "IntSliderModel")
+    await pool.send_comm("a", slider, {"method": "update", "state": {"value": 7}}, on_comm=on_comm)
+    assert models[slider]["value"] == 7 == pool.widget_state("a")["state"][slider]["state"]["value"]
+
+An ``"output"`` event is one output an ``Output`` widget captured; ``widget_state`` keeps
+them under that widget's ``outputs``, ``clear_output`` applied as a front end applies it.
 
 Imports nothing of zmq, IPython or ipywidgets: it reads Jupyter messages as dicts.
 """

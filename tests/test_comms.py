@@ -347,3 +347,22 @@ async def test_a_closed_pool_refuses_comm_messages():
     await pool.shutdown()
     with pytest.raises(PoolClosed):
         await pool.send_comm("a", "x", {})
+
+
+async def test_the_documented_rebuild_from_events(make_pool):
+    """The loop in the comms module's docstring, as written there."""
+    pool = await make_pool(max_kernels=1)
+    models = {}
+
+    def on_comm(event):  # on a callback thread, in order with on_output
+        state = event.content.get("data", {}).get("state") if event.msg_type != "output" else None
+        if state is not None:
+            models.setdefault(event.comm_id, {}).update(state)
+
+    await pool.execute("import ipywidgets; s = ipywidgets.IntSlider(3); s", session="a", on_comm=on_comm)
+    slider = next(i for i, m in models.items() if m["_model_name"] == "IntSliderModel")
+    await pool.send_comm("a", slider, {"method": "update", "state": {"value": 7}}, on_comm=on_comm)
+    assert models[slider]["value"] == 7 == pool.widget_state("a")["state"][slider]["state"]["value"]
+    assert {k: {"model_name": m["_model_name"], "state": m} for k, m in models.items()} == {
+        k: {"model_name": v["model_name"], "state": v["state"]} for k, v in pool.widget_state("a")["state"].items()
+    }

@@ -376,6 +376,8 @@ class PoolMagics(Magics):
         If every kernel is held by other sessions, the cell says so at once, and how to
         free one, until it gets a kernel. Output the session's kernel made while none of its
         cells ran (a thread printing after its cell ended) comes first, headed as such.
+        Widgets the cell makes render here and stay live: this kernel relays their comms to
+        the session's kernel (see ``jupyter_sessionpool.notebook.relay``).
 
         ``--bg`` runs it in the background: the cell returns at once, and the output keeps
         arriving in this cell (never in a later one) while other cells run, as one display

@@ -4,12 +4,14 @@ One notebook holds the scenarios, in the order a person would try them: a slider
 ``%%pool`` cell renders and works both ways, ``interact`` re-runs on the pooled kernel, an
 ``Output`` widget shows what it captured, ``tqdm.auto`` bars in ``--bg`` cells of two sessions
 advance at once to 100%, and releasing a session replaces its widgets by a notice, leaving the
-other sessions' and the notebook's own widgets live. No console errors throughout.
+other sessions' and the notebook's own widgets live. No console errors throughout. Saves the
+screenshot used in the README (docs/session-widgets.png, from JupyterLab).
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
@@ -19,6 +21,7 @@ from .helpers import KERNEL_GONE, cell, open_notebook, run_cell
 
 pytestmark = pytest.mark.browser
 
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "session-widgets.png"
 POOL_START = 90_000  # ms: a pool kernel starting on a loaded 2-core machine
 CELLS = [
     "%load_ext jupyter_sessionpool",
@@ -101,6 +104,9 @@ def test_widgets_of_sessions_live_in_the_page(page: Page, server: JupyterServer,
     # the notebook's own slider
     run_cell(page, 8)
     expect(readout(output(page, 8), "local")).to_have_text("5")
+    if server.app == "lab":
+        cell(page, 4).scroll_into_view_if_needed()
+        page.locator(".jp-NotebookPanel:visible").screenshot(path=str(SCREENSHOT))
 
     # release: session a's widgets say so and are gone; b's and the notebook's own stay live
     run_cell(page, 9)
