@@ -287,21 +287,30 @@ def without_model_ids(path: Path) -> list[dict]:
     return json.loads(re.sub(r"'model_id': '[0-9a-f]{32}'", "'model_id': '…'", json.dumps(normalised(path))))
 
 
-def papermill_with_widgets(source: Path, target: Path, attempts: int = 3) -> None:
-    """papermill's run of a widget notebook (as python3: Output.ipynb names no kernelspec).
+_PAPERMILL_IPC = """
+import sys, papermill
+from traitlets.config import Config
+papermill.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", cwd=sys.argv[3], progress_bar=False,
+                           config=Config({"KernelManager": {"transport": "ipc"}}))
+"""
 
-    papermill 2.7 / nbclient 0.11 sometimes never end a notebook whose Output widget captures
-    an error (seen ~1 run in 6 on a loaded machine, its kernel idle, nbclient waiting on): a
-    run that has not ended in 60 s is that hang, and the reference is made again.
+
+def papermill_with_widgets(source: Path, target: Path, attempts: int = 3) -> None:
+    """papermill's run of a widget notebook, as python3 (Output.ipynb names no kernelspec).
+
+    Its kernel listens on ipc sockets: on tcp, a port taken meanwhile by another run's kernel
+    on this shared machine killed it now and then. And papermill 2.7 / nbclient 0.11 sometimes
+    never end a notebook whose Output widgets capture (its kernel idle, nbclient waiting on;
+    ~1 run in 8 on a loaded machine): a run that has not ended in 60 s is made again.
     """
-    args = [sys.executable, "-m", "papermill", str(source), str(target), "--cwd", str(source.parent), "-k", "python3"]
-    for _ in range(attempts - 1):
+    args = [sys.executable, "-c", _PAPERMILL_IPC, str(source), str(target), str(source.parent)]
+    for attempt in range(attempts):
         try:
             subprocess.run(args, capture_output=True, timeout=60, check=True)
             return
         except subprocess.TimeoutExpired:
-            pass
-    subprocess.run(args, capture_output=True, timeout=60, check=True)
+            if attempt == attempts - 1:
+                raise
 
 
 @pytest.mark.timeout(300)
