@@ -686,8 +686,10 @@ class AsyncKernelPool(PoolSettings):
             self._arm_expiry(session, remaining)
             return
         self.log.info("session %r expired after %g s idle", session, self.session_idle_timeout)
-        self._end_comms(slot, f"the session expired after {self.session_idle_timeout:g} s idle")
-        self._apply(self._books.expire(session, self.session_idle_timeout))
+        fx = self._books.expire(session, self.session_idle_timeout)
+        if any(stopped is slot for stopped, _ in fx.stop):
+            self._end_comms(slot, f"the session expired after {self.session_idle_timeout:g} s idle")
+        self._apply(fx)
 
     def _count(self, counter: str) -> None:
         self._books.counters[counter] += 1

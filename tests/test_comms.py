@@ -366,3 +366,14 @@ async def test_the_documented_rebuild_from_events(make_pool):
     assert {k: {"model_name": m["_model_name"], "state": m} for k, m in models.items()} == {
         k: {"model_name": v["model_name"], "state": v["state"]} for k, v in pool.widget_state("a")["state"].items()
     }
+
+
+async def test_an_expired_session_ends_its_widgets(make_pool):
+    pool = await make_pool(max_kernels=1, session_idle_timeout=0.5)
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    pool.watch_comms("a", lambda e: e.msg_type == "kernel_ended" and loop.call_soon_threadsafe(
+        lambda: ended.done() or ended.set_result(e.content["reason"])))
+    await pool.execute(SLIDER, session="a")
+    assert "expired after 0.5 s idle" in await asyncio.wait_for(ended, 20)
+    assert pool.widget_state("a")["state"] == {}
