@@ -48,15 +48,17 @@ import scale  # noqa: E402
 import service  # noqa: E402
 import startup  # noqa: E402
 import throughput  # noqa: E402
+import widgets  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
 # In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11),
-# batch runs (issue 14), and the service over HTTP and MCP against jupyter-mcp-server (issue 18).
+# batch runs (issue 14), the service over HTTP and MCP against jupyter-mcp-server (issue 18), and
+# widgets relayed from sessions (issue 20).
 ITEMS = {
     m.__name__: m
     for m in (
         overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch, service,
-        mcp_peer,
+        mcp_peer, widgets,
     )
 }
 

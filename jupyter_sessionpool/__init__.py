@@ -8,8 +8,10 @@ import logging
 from typing import Any
 
 from ._version import __version__
+from .comms import CommEvent
 from .errors import (
     CheckoutTimeout,
+    CommNotFound,
     ExecutionError,
     ExecutionTimeout,
     KernelDied,
@@ -35,6 +37,8 @@ __all__ = [
     "PoolStats",
     "KernelStats",
     "WaitingCheckout",
+    # widgets and other comms
+    "CommEvent",
     # errors
     "PoolError",
     "CheckoutTimeout",
@@ -45,6 +49,7 @@ __all__ = [
     "KernelStartError",
     "PoolClosed",
     "ProtocolError",
+    "CommNotFound",
     "__version__",
 ]
 

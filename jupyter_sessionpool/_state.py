@@ -73,11 +73,16 @@ class Slot:
 
 @dataclass(eq=False)
 class Waiter:
-    """A checkout waiting for a kernel. ``future`` belongs to the pool, untouched here."""
+    """A checkout waiting for a kernel. ``future`` belongs to the pool, untouched here.
+
+    With ``kernel_id`` it waits for that kernel only (a comm message to the kernel that
+    opened the comm): it never starts one, and fails once its session loses that kernel.
+    """
 
     session: str | None
     since: float
     future: Any = None
+    kernel_id: str | None = None
 
 
 @dataclass
@@ -137,14 +142,17 @@ class Books:
 
     # ---- transitions ------------------------------------------------------------
 
-    def checkout(self, session: str | None, future: Any = None) -> tuple[Waiter, Effects]:
-        """A caller asks for a kernel. The waiter may be granted within the returned effects."""
+    def checkout(self, session: str | None, future: Any = None, kernel_id: str | None = None) -> tuple[Waiter, Effects]:
+        """A caller asks for a kernel (``kernel_id``: only the one ``session`` holds now, never a
+        new one). The waiter may be granted within the returned effects."""
         if self.closed:
             raise PoolClosed()
+        slot = self.bound.get(session) if session is not None else None
+        if kernel_id is not None and (slot is None or slot.kernel_id != kernel_id):
+            raise SessionLost(session or "", "that kernel is no longer the session's")  # the loss stays recorded
         if session is not None and session in self.lost:
             raise SessionLost(session, self.lost.pop(session))
-        waiter = Waiter(session, self.clock(), future)
-        slot = self.bound.get(session) if session is not None else None
+        waiter = Waiter(session, self.clock(), future, kernel_id)
         if slot is not None and slot.state is KernelState.IDLE and not self.waiters:
             self._lend(slot, session)  # the hot path: a session's own idle kernel, nobody queued
             return waiter, Effects(granted=[(waiter, slot)])
@@ -444,13 +452,13 @@ class Books:
         if session is None or self.bound.get(session) is not slot:
             return
         del self.bound[session]
+        queued = [w for w in self.waiters if w.session == session and (lost is not None or w.kernel_id is not None)]
+        for w in queued:  # callers for that very kernel (comm messages) always fail; the others only on a loss
+            self.waiters.remove(w)
+            fx.failed.append((w, SessionLost(session, lost or "its kernel was replaced")))
         if lost is None:
             return
-        queued = [w for w in self.waiters if w.session == session]
-        for w in queued:
-            self.waiters.remove(w)
-            fx.failed.append((w, SessionLost(session, lost)))
-        if not queued:
+        if all(w.kernel_id is not None for w in queued):  # no call was told (comm messages are not calls)
             self.lost[session] = lost
             if len(self.lost) > _LOST_MEMORY:
                 del self.lost[next(iter(self.lost))]  # forget the oldest loss: bounded memory

@@ -41,8 +41,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from ._setup import python_setup_code
 from ._version import __version__
+from .comms import WIDGET_STATE_MIME, CommEvent
 from .config import check_timeout
-from .errors import ExecutionTimeout, KernelDied, PoolError
+from .errors import CommNotFound, ExecutionTimeout, KernelDied, PoolError, SessionLost
 from .pool import AsyncKernelPool, Lease
 from .workers import check_kernelspec
 from .results import ExecutionResult
@@ -515,6 +516,47 @@ def _unwritable(target: Path) -> str | None:
     return None
 
 
+def set_widgets_metadata(nb: Any, widget_state: dict[str, Any]) -> None:
+    """Save this run's widgets as ``metadata.widgets``, as nbclient and papermill write it.
+
+    ``widget_state`` is the run's ``application/vnd.jupyter.widget-state+json`` value
+    (``Lease.widget_state()``: every model with its latest state, each Output widget's
+    captured outputs). It replaces what the input held, whose model ids no output of this run
+    refers to; a run without widgets leaves none.
+    """
+    if widget_state["state"]:
+        nb.metadata["widgets"] = {WIDGET_STATE_MIME: widget_state}
+    else:
+        nb.metadata.pop("widgets", None)
+
+
+class OutputWidgets:
+    """What a front end does for ``Output`` widgets, done for a batch run as nbclient does it.
+
+    A front end tells the kernel what each ``Output`` widget captured (its ``outputs``), so
+    later cells find it there (``out.outputs``, ``out.append_stdout(...)`` adds to it, a repr
+    shows it). Pass :meth:`on_comm` to each cell's ``execute``, then :meth:`sync` after it.
+    """
+
+    def __init__(self) -> None:
+        self._captured: set[str] = set()
+
+    def on_comm(self, event: CommEvent) -> None:
+        if event.msg_type == "output":
+            self._captured.add(event.comm_id)
+
+    async def sync(self, lease: Lease) -> None:
+        """Send each Output widget that captured something since the last sync its ``outputs``."""
+        captured, self._captured = self._captured, set()
+        models = lease.widget_state()["state"]
+        for comm_id in captured & set(models):
+            update = {"method": "update", "state": {"outputs": models[comm_id]["state"]["outputs"]}, "buffer_paths": []}
+            try:
+                await lease.send_comm(comm_id, update)
+            except CommNotFound:  # the kernel closed it meanwhile
+                pass
+
+
 def _finish(nb: Any, result: NotebookResult, failed: int | None) -> None:
     """End the run's metadata (papermill's ``notebook_complete``), add the error banners if the
     notebook failed at cell ``failed``, and write it; a write that fails is this notebook's error."""
@@ -648,7 +690,10 @@ class _Runner:
             async with pool.checkout(session) as lease:
                 self._not_needed(plan)
                 started = time.monotonic()
-                failed = await self._cells(plan, lease, started)
+                try:
+                    failed = await self._cells(plan, lease, started)
+                finally:
+                    set_widgets_metadata(nb, lease.widget_state())
         except asyncio.CancelledError:
             result.status = INTERRUPTED
             result.error = result.error or "interrupted"
@@ -685,6 +730,7 @@ class _Runner:
                 result.status, result.error = FAILED, f"cannot change to the notebook's directory: {moved.error['evalue']}"
                 return None
         shown: dict[str, list[tuple[Any, int]]] = {}  # display id -> (cell, output index), across cells
+        widgets = OutputWidgets()
         for index, cell in enumerate(nb.cells):
             limit, which = self.cell_timeout, "cell"
             if deadline is not None and _runnable(cell):
@@ -696,7 +742,7 @@ class _Runner:
                     limit, which = remaining, "notebook"
             _start_cell(cell)
             try:
-                if _runnable(cell) and await self._cell(plan, lease, index, limit, which, shown):
+                if _runnable(cell) and await self._cell(plan, lease, index, limit, which, shown, widgets):
                     _fail_cell(nb, cell)
                     return index
             except asyncio.CancelledError:
@@ -707,20 +753,20 @@ class _Runner:
         return None
 
     async def _cell(self, plan: _Plan, lease: Lease, index: int, limit: float | None, which: str,
-                    shown: dict[str, list[tuple[Any, int]]]) -> bool:
+                    shown: dict[str, list[tuple[Any, int]]], widgets: OutputWidgets) -> bool:
         """Run one code cell and write it; True if the notebook stops here."""
         result, cell = plan.result, plan.nb.cells[index]
         t0 = _now()
         try:
-            run = await lease.execute(cell.source, timeout=limit)
+            run = await lease.execute(cell.source, timeout=limit, on_comm=widgets.on_comm)
         except ExecutionTimeout as exc:
             fill_cell(cell, exc.result, t0, _now(), idle=not exc.restarted)
             carry_displays(shown, cell, exc.result)
             total = self.cell_timeout if which == "cell" else self.timeout
             result.status, result.error = TIMEOUT, f"cell {index}: {which} timed out after {total:g} s"
             return True
-        except KernelDied as exc:
-            if exc.result is not None:
+        except (KernelDied, SessionLost) as exc:  # SessionLost: it died between cells, before this one was sent
+            if isinstance(exc, KernelDied) and exc.result is not None:
                 fill_cell(cell, exc.result, t0, _now(), idle=False)
             else:
                 cell.metadata["execution"] = {}
@@ -728,6 +774,7 @@ class _Runner:
             return True
         fill_cell(cell, run, t0, _now())
         carry_displays(shown, cell, run)
+        await widgets.sync(lease)
         result.cells += 1
         self._report("cell", result)
         if run.status == "ok" or "raises-exception" in cell.metadata.get("tags", []):

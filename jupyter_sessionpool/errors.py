@@ -154,6 +154,24 @@ class SessionLost(PoolError):
         return (type(self), (self.session, self.reason))
 
 
+class CommNotFound(PoolError, LookupError):
+    """A comm message was sent to a comm the session's kernel does not have (open).
+
+    The kernel closed it, or the session was released, restarted or lost its kernel (its
+    comms went with it), or the session never held a kernel. Nothing was sent.
+    """
+
+    def __init__(self, session: str | None, comm_id: str, reason: str) -> None:
+        self.session = session
+        self.comm_id = comm_id
+        self.reason = reason
+        whose = f"session {session!r}" if session else "this kernel"
+        super().__init__(f"{whose} has no open comm {comm_id!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.session, self.comm_id, self.reason))
+
+
 class KernelStartError(PoolError):
     """A kernel failed to start after every retry. ``stderr`` is the kernel's own tail.
 

@@ -1,4 +1,4 @@
-"""Running one cell on a held kernel: send execute_request, gather outputs, end on reply + idle.
+"""Running one request on a held kernel: a cell (execute_request) or a comm message, to reply + idle.
 
 Called only by the lease holder (or the recovery task that takes an abandoned cell over),
 never by the pool's bookkeeping. It speaks to the kernel only through the worker interface:
@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any
 
-from ._handoff import Handoff
+from .comms import CommCallback, KernelComms
 from .errors import ExecutionTimeout, KernelDied, ProtocolError
 from .results import ExecutionResult, OutputCallback, _Outputs
 from .workers.base import KernelExited, KernelWorker
@@ -34,45 +34,85 @@ idle or kill the kernel, and most abandoned cells are about to end anyway."""
 
 
 class Execution:
-    """One execute_request in flight on a kernel, followed to its reply and final idle.
+    """One request in flight on a kernel, followed to its reply (if it has one) and final idle.
 
-    ``on_output`` is handed off (see :mod:`._handoff`): it runs on a callback thread, in
-    order, and :func:`run` returns only after every call for this cell has run.
+    An ``execute_request`` (:meth:`cell`) or a comm message (``comm_msg``/``comm_close``),
+    which has no reply: the kernel's ``idle`` for it says it was handled. ``on_output`` and ``on_comm``
+    are handed off (see :mod:`._handoff`) on the kernel's one queue: they run on a callback
+    thread, in the order the kernel sent their messages, and :func:`run` returns only after
+    every call for this request has run. Comm events of this request go to ``on_comm``, or
+    to the session's watchers without one (:mod:`.comms`).
     """
 
     def __init__(
         self,
         worker: KernelWorker,
+        msg_type: str,
+        content: dict[str, Any],
+        on_output: OutputCallback | None = None,
+        max_output_size: int = 0,
+        on_comm: CommCallback | None = None,
+        buffers: list[bytes] | None = None,
+    ) -> None:
+        self.worker = worker
+        self.started = time.monotonic()
+        self.replies = msg_type == "execute_request"  # a comm message has no reply: its idle ends it
+        self.reply: dict[str, Any] | None = None
+        self.idle = False
+        self.abandoned = False
+        self.on_comm = on_comm
+        self._heard = self.started  # when this request's last message arrived
+        self._loop = asyncio.get_running_loop()
+        self.comms = KernelComms.of(worker)
+        self._on_output = on_output
+        self._failed: BaseException | None = None  # what on_output raised
+        self.outputs = _Outputs(self._queue_output if on_output is not None else None, max_output_size)
+        self.request = worker.request(msg_type, content, buffers=buffers)
+        self.msg_id = self.request.msg_id
+
+    @classmethod
+    def cell(
+        cls,
+        worker: KernelWorker,
         code: str,
         on_output: OutputCallback | None = None,
         max_output_size: int = 0,
         store_history: bool = True,
-    ) -> None:
-        self.worker = worker
-        self.started = time.monotonic()
-        self.reply: dict[str, Any] | None = None
-        self.idle = False
-        self.abandoned = False
-        self._heard = self.started  # when this cell's last message arrived
-        self._loop = asyncio.get_running_loop()
-        self.handoff = Handoff(on_output, self._callback_failed) if on_output is not None else None
-        self.outputs = _Outputs(self.handoff.put if self.handoff else None, max_output_size)
+        on_comm: CommCallback | None = None,
+    ) -> Execution:
+        """Run ``code`` as a cell (``execute_request``)."""
         content = {"code": code, "silent": False, "store_history": store_history, "user_expressions": {},
                    "allow_stdin": False, "stop_on_error": False}
-        self.request = worker.request("execute_request", content)
-        self.msg_id = self.request.msg_id
+        return cls(worker, "execute_request", content, on_output, max_output_size, on_comm)
 
     @property
     def done(self) -> bool:
-        return self.reply is not None and self.idle
+        return (self.reply is not None or not self.replies) and self.idle
 
-    def _callback_failed(self, error: BaseException) -> None:
-        """on_output raised (on its thread): end the caller's wait with that error."""
-        self._loop.call_soon_threadsafe(self._interject, error)
+    def _queue_output(self, out: dict[str, Any]) -> None:
+        self.comms.handoff.put(lambda: self._deliver(out))
+
+    def _deliver(self, out: dict[str, Any]) -> None:
+        """On the callback thread: one output to on_output, unless an earlier one failed."""
+        on_output = self._on_output
+        if self._failed is not None or on_output is None:
+            return
+        try:
+            on_output(out)
+        except BaseException as exc:
+            self._failed = exc
+            self._loop.call_soon_threadsafe(self._interject, exc)  # end the caller's wait with that error
 
     def _interject(self, error: BaseException) -> None:
         if not self.abandoned:
             self.request.interject(error)
+
+    def abandon(self) -> None:
+        """Its caller is gone: stop passing it outputs and events (comm events go to the watchers)."""
+        self.abandoned = True
+        self.request.interject(None)
+        self.outputs.on_output = None
+        self._on_output = self.on_comm = None
 
     async def follow(self, deadline: float | None, idle_ends: bool = False) -> bool:
         """Read this cell's messages until it is done (True) or ``deadline`` passes (False).
@@ -95,10 +135,15 @@ class Execution:
             channel, msg = got
             self._heard = time.monotonic()
             if channel == "shell":
-                if msg.get("msg_type") != "execute_reply" or not isinstance(msg.get("content"), dict):
+                if not self.replies or msg.get("msg_type") != "execute_reply" or not isinstance(msg.get("content"), dict):
                     raise ProtocolError(f"expected an execute_reply on shell, got {msg.get('msg_type')!r}")
                 self.reply = msg
                 continue
+            event = self.comms.event_of(msg)
+            if event is not None:
+                self.comms.emit(event, self.on_comm)
+                if event.msg_type == "output":
+                    continue  # an Output widget's, not this request's (as in a front end)
             try:
                 idle = self.outputs.handle(msg)
             except Exception as exc:  # a message of the right type with the wrong content
@@ -110,16 +155,15 @@ class Execution:
         return True
 
     async def flush(self) -> None:
-        """Wait until every on_output call for this cell has run; re-raise what one raised."""
-        if self.handoff is not None:
-            await self.handoff.flush()
-            if self.handoff.error is not None:
-                raise self.handoff.error
+        """Wait until every on_output and on_comm call for this request has run; re-raise what one raised."""
+        await self.comms.handoff.flush()
+        if self._failed is not None:
+            raise self._failed
 
     def result(self, session: str | None) -> ExecutionResult:
         """The result so far (complete once ``done``)."""
         content = (self.reply or {}).get("content", {})
-        status = content.get("status", "incomplete")
+        status = content.get("status", "ok" if self.done else "incomplete")
         error = None
         if status == "error":
             error = {k: content.get(k) for k in ("ename", "evalue", "traceback")}
@@ -186,9 +230,7 @@ async def stop(execution: Execution, interrupt_timeout: float) -> bool:
     The cell gets a moment to end on its own, then is interrupted; a kernel whose cell
     ended without a trace (its idle lost) is probed with ``kernel_info`` before it is given up.
     """
-    execution.abandoned = True
-    execution.request.interject(None)
-    execution.outputs.on_output = None  # its caller is gone; so is any interest in the output
+    execution.abandon()
     try:
         if await execution.follow(time.monotonic() + SETTLE, idle_ends=True):
             return True

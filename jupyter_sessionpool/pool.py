@@ -19,8 +19,11 @@ from traitlets import observe
 from . import execution
 from ._handoff import Handoff
 from ._state import Books, Effects, KernelState, Slot, Waiter
+from .comms import CommCallback, KernelComms, empty_widget_state
 from .config import PoolSettings, check_session, check_timeout
-from .errors import CheckoutTimeout, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError, SessionLost
+from .errors import (
+    CheckoutTimeout, CommNotFound, ExecutionTimeout, KernelDied, PoolClosed, PoolError, ProtocolError, SessionLost,
+)
 from .results import ExecutionResult, OutputCallback, _Outputs
 from .stats import PoolStats, snapshot
 from . import workers
@@ -90,6 +93,7 @@ class Lease:
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
         store_history: bool = True,
+        on_comm: CommCallback | None = None,
     ) -> ExecutionResult:
         """Run ``code`` on this kernel and wait for the whole result.
 
@@ -97,30 +101,79 @@ class Lease:
         replaces the kernel if it does not stop within ``interrupt_timeout``. With
         ``store_history=False`` the code leaves no trace in ``In``/``_i`` and does not
         advance the kernel's execution count. Every cell sent counts as one of the kernel's
-        runs (``KernelStats.executions``), however it ends. Raises ExecutionTimeout,
-        KernelDied or ProtocolError; user exceptions are results.
+        runs (``KernelStats.executions``), however it ends. ``on_comm`` gets the cell's comm events (see
+        :mod:`jupyter_sessionpool.comms`), on the thread ``on_output`` runs on, in order
+        with its outputs. Raises ExecutionTimeout, KernelDied or ProtocolError; user
+        exceptions are results.
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
+        timeout = self._ready_to_send(timeout, on_output, on_comm)
+        run = execution.Execution.cell(
+            self._worker, code, on_output, self._pool.max_output_size, store_history, on_comm
+        )
+        first = self._pool._first_cell_began() if self._slot.executions == 0 else None
+        self._slot.executions += 1  # sent: it runs, however it ends (a timeout is a run too)
+        try:
+            return await self._follow(run, timeout)
+        finally:
+            if first is not None:
+                self._pool._first_cell_ended(first)
+
+    async def send_comm(
+        self,
+        comm_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        buffers: list[bytes] | None = None,
+        close: bool = False,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        on_comm: CommCallback | None = None,
+    ) -> ExecutionResult:
+        """Send ``data`` to comm ``comm_id`` on this kernel (``comm_close`` with ``close``), as a
+        front end would, and wait until the kernel has handled it (its ``idle``).
+
+        Whatever the kernel's handlers print or display comes back like a cell's output
+        (``on_output``, the result's ``outputs``; a comm message has no reply, so ``status``
+        is "ok" once handled), and the comm traffic they cause goes to ``on_comm``.
+        ``timeout`` works as in :meth:`execute`. Raises CommNotFound if the kernel has no
+        such comm open, and what :meth:`execute` raises.
+        """
+        content, buffers = _comm_message(comm_id, data, buffers)
+        if not isinstance(close, bool):
+            raise TypeError(f"close must be True or False, not {close!r}")
+        timeout = self._ready_to_send(timeout, on_output, on_comm)
+        if not KernelComms.of(self._worker).state.is_open(comm_id):
+            raise CommNotFound(self.session, comm_id, "this kernel has no such comm open (it closed it, or never opened it)")
+        run = execution.Execution(self._worker, "comm_close" if close else "comm_msg", content, on_output,
+                                  self._pool.max_output_size, on_comm, buffers)
+        return await self._follow(run, timeout)
+
+    def widget_state(self) -> dict[str, Any]:
+        """This kernel's widgets as ``application/vnd.jupyter.widget-state+json`` (see :meth:`AsyncKernelPool.widget_state`)."""
+        return KernelComms.of(self._worker).state.to_dict()
+
+    def _ready_to_send(self, timeout: float | None, on_output: Any, on_comm: Any) -> float | None:
+        """Check a request's arguments and this lease's state; the timeout to use."""
         timeout = check_timeout(timeout)
-        if on_output is not None and not callable(on_output):
-            raise TypeError(f"on_output must be callable, not {type(on_output).__name__}")
+        for name, callback in (("on_output", on_output), ("on_comm", on_comm)):
+            if callback is not None and not callable(callback):
+                raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
         if self._returned:
             raise PoolError("this lease was already returned to the pool; check out a kernel again")
         if self._inflight is not None:
             raise PoolError("this lease is already running a cell; wait for it or use another session")
-        if timeout is None:
-            timeout = self._pool.execution_timeout
         if self._discard is None and not self._worker.alive and self.session is not None:
             self._discard = "its kernel died"  # while idle, before this call: the session's loss, said once
             raise self._pool._session_lost(self._slot)
         if self._discard is not None or not self._worker.alive:
             raise KernelDied(self.kernel_id, self.session)
-        run = self._inflight = execution.Execution(
-            self._worker, code, on_output, self._pool.max_output_size, store_history
-        )
-        first = self._pool._first_cell_began() if self._slot.executions == 0 else None
-        self._slot.executions += 1  # sent: it runs, however it ends (a timeout is a run too)
+        return self._pool.execution_timeout if timeout is None else timeout
+
+    async def _follow(self, run: execution.Execution, timeout: float | None) -> ExecutionResult:
+        """Follow a sent request to its end as the lease's one request in flight."""
+        self._inflight = run
         try:
             result = await execution.run(run, self.session, timeout, self._pool.interrupt_timeout)
         except ExecutionTimeout as exc:
@@ -136,16 +189,13 @@ class Lease:
             if self._pool._books.closed:
                 raise PoolClosed("the pool was shut down while this cell ran") from exc
             if exc.result is None and self.session is not None:
-                # the kernel was lost before this cell reached it (a remote kernel restarted while
+                # the kernel was lost before this request reached it (a remote kernel restarted while
                 # its connection was down): that is the session's loss, reported once, here
                 raise self._pool._session_lost(self._slot) from None
             raise
         except ProtocolError:
             self._discard, self._inflight = "its kernel broke the messaging protocol", None
             raise
-        finally:
-            if first is not None:
-                self._pool._first_cell_ended(first)
         self._inflight = None
         return result
 
@@ -169,15 +219,36 @@ class Lease:
         return f"<Lease session={self.session!r} kernel={self.kernel_id!r} {state}>"
 
 
+def _named(session: Any, what: str) -> str:
+    """``session`` checked, and a name: comms belong to a session's kernel, not to anonymous leases."""
+    name = check_session(session)
+    if name is None:
+        raise ValueError(f"{what} needs a session name; anonymous leases have Lease.send_comm and Lease.widget_state")
+    return name
+
+
+def _comm_message(comm_id: Any, data: Any, buffers: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """The content and buffers of a comm message, checked; TypeError naming a bad argument."""
+    if not isinstance(comm_id, str) or not comm_id:
+        raise TypeError(f"comm_id must be a non-empty str, not {comm_id!r}")
+    if data is not None and not isinstance(data, dict):
+        raise TypeError(f"data must be a dict (or None), not {type(data).__name__}")
+    blobs = list(buffers or ())
+    if not all(isinstance(b, (bytes, bytearray, memoryview)) for b in blobs):
+        raise TypeError("buffers must be bytes-like objects")
+    return {"comm_id": comm_id, "data": data or {}}, [bytes(b) for b in blobs]
+
+
 class _Checkout:
-    def __init__(self, pool: AsyncKernelPool, session: str | None, timeout: Any) -> None:
+    def __init__(self, pool: AsyncKernelPool, session: str | None, timeout: Any, kernel_id: str | None = None) -> None:
         self._pool = pool
         self._session = check_session(session)
         self._timeout = pool.checkout_timeout if timeout is _UNSET else check_timeout(timeout, "timeout")
+        self._kernel_id = kernel_id
         self._lease: Lease | None = None
 
     async def __aenter__(self) -> Lease:
-        self._lease = await self._pool._acquire(self._session, self._timeout)
+        self._lease = await self._pool._acquire(self._session, self._timeout, self._kernel_id)
         return self._lease
 
     async def __aexit__(self, *exc: object) -> None:
@@ -206,7 +277,7 @@ class AsyncKernelPool(PoolSettings):
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribers: list[Subscriber] = []
-        self._listeners = Handoff(self._notify, self._notify_failed, keep_going=True, limit=_SUBSCRIBER_BACKLOG)
+        self._listeners = Handoff(self._notify, self._notify_failed, limit=_SUBSCRIBER_BACKLOG)
         self._tasks: dict[Slot, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry: asyncio.TimerHandle | None = None
@@ -216,6 +287,7 @@ class AsyncKernelPool(PoolSettings):
         self._kills: set[asyncio.Task[None]] = set()
         self._first_cells: set[asyncio.Future[None]] = set()  # first executions on their kernels, running now
         self._yielding: set[asyncio.Future[None]] = set()  # prewarm starts waiting for those to end
+        self._comm_watchers: dict[str, list[CommCallback]] = {}  # session -> watch_comms callbacks
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -279,6 +351,8 @@ class AsyncKernelPool(PoolSettings):
             if timer is not None:
                 timer.cancel()
         self._timers.clear()
+        for slot in self._books.slots.values():
+            self._end_comms(slot, "the pool was shut down")
         self._apply(self._books.close())
         self._fail_ready(PoolClosed())
         while self._tasks or self._kills:
@@ -318,23 +392,24 @@ class AsyncKernelPool(PoolSettings):
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
         store_history: bool = True,
+        on_comm: CommCallback | None = None,
     ) -> ExecutionResult:
         """Run ``code`` on ``session``'s kernel (any free kernel if None) and return the result.
 
         ``on_output`` is called on a callback thread (in order; ``execute`` returns after the last
-        call) with each nbformat output as it arrives;
-        see :meth:`Lease.execute` for ``timeout`` and ``store_history``.
+        call) with each nbformat output as it arrives, and ``on_comm`` with the cell's comm events;
+        see :meth:`Lease.execute` for ``timeout``, ``store_history`` and ``on_comm``.
         """
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         timeout = check_timeout(timeout)
         async with self.checkout(session) as lease:
-            return await lease.execute(code, timeout=timeout, on_output=on_output, store_history=store_history)
+            return await lease.execute(code, timeout, on_output, store_history, on_comm)
 
-    async def _acquire(self, session: str | None, timeout: float | None) -> Lease:
+    async def _acquire(self, session: str | None, timeout: float | None, kernel_id: str | None = None) -> Lease:
         await self.start()
         fut = self._loop.create_future()
-        waiter, fx = self._books.checkout(session, fut)
+        waiter, fx = self._books.checkout(session, fut, kernel_id)
         self._apply(fx)
         if not fut.done():
             try:
@@ -387,9 +462,94 @@ class AsyncKernelPool(PoolSettings):
             outputs.handle(msg)
         return outputs.outputs
 
+    # ---- widgets and other comms --------------------------------------------------------------
+
+    def widget_state(self, session: str) -> dict[str, Any]:
+        """The widgets of ``session``'s kernel, as ``application/vnd.jupyter.widget-state+json``.
+
+        What nbclient and papermill save as ``metadata.widgets``: ``{"version_major": 2,
+        "version_minor": 0, "state": {model_id: {"model_name", "model_module",
+        "model_module_version", "state", ["buffers"]}}}``, every model the kernel opened with
+        its latest state, an ``Output`` widget's ``outputs`` holding what it captured. A copy
+        taken now; no models for a session that holds no kernel. See :mod:`.comms`.
+        """
+        comms = self._comms_of(_named(session, "widget_state"))
+        return comms.state.to_dict() if comms is not None else empty_widget_state()
+
+    def watch_comms(self, session: str, callback: CommCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` with the comm traffic of ``session``'s kernels; returns the unwatch.
+
+        Every :class:`~jupyter_sessionpool.comms.CommEvent` that answers no call with an
+        ``on_comm`` of its own: from background threads, from handlers of comm messages sent
+        without ``on_comm``, from cells run without it; and ``kernel_ended`` when the
+        session's kernel goes (its widgets are gone). It follows the session by name, across
+        restarts. Runs on a callback thread, in order with the kernel's other callbacks.
+        """
+        session = _named(session, "watch_comms")
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._comm_watchers.setdefault(session, []).append(callback)
+
+        def unwatch() -> None:
+            watchers = self._comm_watchers.get(session, [])
+            if callback in watchers:
+                watchers.remove(callback)
+            if not watchers:
+                self._comm_watchers.pop(session, None)
+
+        return unwatch
+
+    async def send_comm(
+        self,
+        session: str,
+        comm_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        buffers: list[bytes] | None = None,
+        close: bool = False,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        on_comm: CommCallback | None = None,
+    ) -> ExecutionResult:
+        """Send a comm message to ``session``'s kernel, as a front end would, and wait until it is handled.
+
+        The message waits its turn behind the session's running cell (as a front end's
+        message waits for a busy kernel), never starts a kernel, and delays no other
+        session. ``buffers``, ``close``, ``timeout``, ``on_output`` and ``on_comm``: see
+        :meth:`Lease.send_comm`. Raises CommNotFound when the session's kernel has no such
+        comm open, also when the session loses that kernel while the message waits.
+        """
+        session = _named(session, "send_comm")
+        _comm_message(comm_id, data, buffers)
+        if self._books.closed:
+            raise PoolClosed()
+        comms = self._comms_of(session)
+        if comms is None:
+            raise CommNotFound(session, comm_id, "the session holds no kernel")
+        if not comms.state.is_open(comm_id):
+            raise CommNotFound(session, comm_id, "its kernel has no such comm open (it closed it, or never opened it)")
+        try:
+            async with _Checkout(self, session, None, comms.kernel_id) as lease:
+                return await lease.send_comm(comm_id, data, buffers=buffers, close=close, timeout=timeout,
+                                             on_output=on_output, on_comm=on_comm)
+        except SessionLost as exc:
+            raise CommNotFound(session, comm_id, f"the session lost the kernel that had it ({exc.reason})") from None
+
+    def _comms_of(self, session: str | None) -> KernelComms | None:
+        slot = self._books.bound.get(session) if session is not None else None
+        return slot.handle.router.comms if slot is not None and slot.handle is not None else None
+
+    @staticmethod
+    def _end_comms(slot: Slot | None, reason: str) -> None:
+        """Tell ``slot``'s comm watchers its kernel is gone (the first reason given wins)."""
+        comms = slot.handle.router.comms if slot is not None and slot.handle is not None else None
+        if comms is not None:
+            comms.end(reason)
+
     async def release(self, session: str) -> bool:
         """Shut down ``session``'s kernel (killing a running cell); False if it held none."""
         session = check_session(session)
+        self._end_comms(self._books.bound.get(session), "the session was released")
         released, fx = self._books.release(session)
         if released:
             self.log.info("session %r released", session)
@@ -399,6 +559,7 @@ class AsyncKernelPool(PoolSettings):
     async def restart(self, session: str) -> bool:
         """Replace ``session``'s kernel with a fresh one on its next call; False if it held none."""
         session = check_session(session)
+        self._end_comms(self._books.bound.get(session), "the session was restarted")
         restarted, fx = self._books.restart(session)
         if restarted:
             self.log.info("session %r restarted: its next call gets a fresh kernel", session)
@@ -482,6 +643,8 @@ class AsyncKernelPool(PoolSettings):
         for slot in fx.start:
             self._spawn(slot, self._start(slot))
         for slot, now in fx.stop:
+            evicted = slot.session in fx.evicted
+            self._end_comms(slot, "the pool was full and evicted the session" if evicted else "its kernel was stopped")
             self._spawn(slot, self._stop(slot, now))
         for session in fx.evicted:
             self.log.info("session %r evicted: the pool was full and another session needed a kernel", session)
@@ -529,6 +692,8 @@ class AsyncKernelPool(PoolSettings):
         self._apply(self._books.settle())
 
     def _checkin(self, slot: Slot, discard: str | None = None) -> None:
+        if discard is not None:
+            self._end_comms(slot, f"the session lost its kernel ({discard})")
         self._apply(self._books.checkin(slot, discard))
         if slot.session and slot.state is KernelState.IDLE and self.session_idle_timeout:
             self._arm_expiry(slot.session, self.session_idle_timeout)
@@ -553,7 +718,10 @@ class AsyncKernelPool(PoolSettings):
             self._arm_expiry(session, remaining)
             return
         self.log.info("session %r expired after %g s idle", session, self.session_idle_timeout)
-        self._apply(self._books.expire(session, self.session_idle_timeout))
+        fx = self._books.expire(session, self.session_idle_timeout)
+        if any(stopped is slot for stopped, _ in fx.stop):
+            self._end_comms(slot, f"the session expired after {self.session_idle_timeout:g} s idle")
+        self._apply(fx)
 
     def _session_lost(self, slot: Slot) -> SessionLost:
         """The SessionLost for a call whose cell never reached its session's dead kernel.
@@ -662,6 +830,7 @@ class AsyncKernelPool(PoolSettings):
             worker = backend.new(slot.kernel_id)
             self._backends[backend].add(slot)
             slot.handle = worker
+            worker.router.comms = KernelComms(slot.kernel_id, lambda: slot.session, self._comm_watchers, self.max_output_size)
             worker.exited.add_done_callback(_weakly(self._on_exit, slot))
             await worker.start(self.startup_timeout)
         except Exception as exc:
@@ -686,6 +855,7 @@ class AsyncKernelPool(PoolSettings):
         if slot.state in (KernelState.IDLE, KernelState.BUSY):
             reason = slot.handle.exited.result()
             self.log.warning("kernel %s (session %s) %s", slot.kernel_id, slot.session, reason)
+            self._end_comms(slot, f"the session lost its kernel: it died ({reason})")
             self._apply(self._books.died(slot))
             self._spawn(slot, self._stop(slot, now=True))
 

@@ -32,7 +32,8 @@ notebook run shows. After each result, apply its displays to the earlier results
 (this result's own outputs are already up to date).
 
 Output that an ipywidgets ``Output`` widget captures (``with out:``, ``interact``) belongs
-to the widget, as in a front end: it is neither in ``outputs`` nor passed to ``on_output``.
+to the widget, as in a front end: it is neither in ``outputs`` nor passed to ``on_output``,
+but in the widget's state (``widget_state``) and its ``on_comm`` events (:mod:`.comms`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,6 @@ class _Outputs:
     _clear_on_next: bool = False
     _display_ids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # this cell's outputs per id
     _latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # each id's latest data and metadata
-    _widgets: set[str] = field(default_factory=set)  # comm ids of Output widgets capturing this cell's output
 
     def handle(self, msg: dict[str, Any]) -> bool:
         """Take one iopub message for this cell; True when it is the final ``idle``."""
@@ -128,16 +128,12 @@ class _Outputs:
         content = msg["content"]
         if kind == "status":
             return content.get("execution_state") == "idle"
-        if kind == "comm_msg":
-            self._note_capture(content, msg.get("parent_header", {}).get("msg_id"))
-        elif self._widgets and kind in _CAPTURED:
-            pass  # an Output widget shows it, not the cell (as in a front end)
-        elif kind == "execute_input":
+        if kind == "execute_input":
             self.execution_count = content.get("execution_count")
         elif kind == "stream":
             self.apply({"output_type": "stream", "name": content["name"], "text": content["text"]})
         elif kind in ("display_data", "execute_result", "update_display_data"):
-            out = {"output_type": kind, "data": content["data"], "metadata": content.get("metadata", {})}
+            out = {"output_type": kind, "metadata": content.get("metadata", {}), "data": content["data"]}  # nbformat's order
             if kind == "execute_result":
                 out["execution_count"] = content.get("execution_count")
             if content.get("transient"):
@@ -153,16 +149,6 @@ class _Outputs:
         elif kind == "clear_output":
             self.apply({"output_type": "clear_output", "wait": bool(content.get("wait"))})
         return False
-
-    def _note_capture(self, content: dict[str, Any], msg_id: str | None) -> None:
-        """An ipywidgets Output widget starts (``with out:`` sets its ``msg_id`` to this
-        request's) or stops capturing this cell's output, as a front end would see it."""
-        state = (content.get("data") or {}).get("state") or {}
-        if "msg_id" in state:
-            if msg_id and state["msg_id"] == msg_id:
-                self._widgets.add(content.get("comm_id", ""))
-            else:
-                self._widgets.discard(content.get("comm_id", ""))
 
     def apply(self, out: dict[str, Any]) -> None:
         """Take one output in the ``on_output`` form: store it, apply it, pass it on."""
@@ -244,6 +230,7 @@ class _Outputs:
 
 
 _CAPTURED = frozenset({"stream", "display_data", "execute_result", "error", "clear_output"})
+"""The outputs an ipywidgets Output widget captures (a front end's message hook takes them)."""
 
 
 def output_size(out: dict[str, Any]) -> int:

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from traitlets import observe
 
+from .comms import CommCallback
 from .config import PoolSettings, check_session, check_timeout
 from ._handoff import call_soon, on_callback_thread
 from .errors import PoolClosed
 from .results import ExecutionResult, OutputCallback
-from .pool import _UNSET, AsyncKernelPool, Lease
+from .pool import _UNSET, AsyncKernelPool, Lease, _comm_message, _named
 from .stats import PoolStats
 
 if TYPE_CHECKING:
@@ -233,9 +234,30 @@ class SyncLease:
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
         store_history: bool = True,
+        on_comm: CommCallback | None = None,
     ) -> ExecutionResult:
         """Run ``code`` on this kernel and block for the result; see :meth:`Lease.execute`."""
-        return self._pool._run(self._lease.execute(code, timeout, on_output, store_history))
+        return self._pool._run(self._lease.execute(code, timeout, on_output, store_history, on_comm))
+
+    def send_comm(
+        self,
+        comm_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        buffers: list[bytes] | None = None,
+        close: bool = False,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        on_comm: CommCallback | None = None,
+    ) -> ExecutionResult:
+        """Send a comm message to this kernel and block until it is handled; see :meth:`Lease.send_comm`."""
+        return self._pool._run(self._lease.send_comm(
+            comm_id, data, buffers=buffers, close=close, timeout=timeout, on_output=on_output, on_comm=on_comm
+        ))
+
+    def widget_state(self) -> dict[str, Any]:
+        """This kernel's widgets as ``application/vnd.jupyter.widget-state+json``; see :meth:`Lease.widget_state`."""
+        return self._pool._call(self._lease.widget_state)
 
     def interrupt(self) -> None:
         """Interrupt the cell running on this kernel."""
@@ -353,9 +375,10 @@ class KernelPool(PoolSettings):
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
         store_history: bool = True,
+        on_comm: CommCallback | None = None,
     ) -> ExecutionResult:
         """Run ``code`` on ``session``'s kernel and block for the result; see :meth:`AsyncKernelPool.execute`."""
-        return self._run(self._async.execute(code, session, timeout, on_output, store_history))
+        return self._run(self._async.execute(code, session, timeout, on_output, store_history, on_comm))
 
     def submit(
         self,
@@ -364,6 +387,7 @@ class KernelPool(PoolSettings):
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
         store_history: bool = True,
+        on_comm: CommCallback | None = None,
     ) -> concurrent.futures.Future[ExecutionResult]:
         """Start ``code`` on ``session``'s kernel and return at once with a Future of the result.
 
@@ -377,7 +401,9 @@ class KernelPool(PoolSettings):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         check_session(session)
         check_timeout(timeout)
-        return CallFuture(self._loop_thread.submit(self._async.execute(code, session, timeout, on_output, store_history)))
+        return CallFuture(
+            self._loop_thread.submit(self._async.execute(code, session, timeout, on_output, store_history, on_comm))
+        )
 
     def checkout(self, session: str | None = None, timeout: float | None = _UNSET) -> SyncLease:
         """``with pool.checkout("b") as lease``: hold session b's kernel for the block."""
@@ -399,6 +425,43 @@ class KernelPool(PoolSettings):
     def stray_output(self, session: str) -> list[dict[str, Any]]:
         """Output ``session``'s kernel produced while none of its cells ran; see :meth:`AsyncKernelPool.stray_output`."""
         return self._call(self._async.stray_output, session)
+
+    def widget_state(self, session: str) -> dict[str, Any]:
+        """The widgets of ``session``'s kernel, as ``application/vnd.jupyter.widget-state+json``;
+        see :meth:`AsyncKernelPool.widget_state`."""
+        return self._call(self._async.widget_state, session)
+
+    def watch_comms(self, session: str, callback: CommCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` on a callback thread with ``session``'s comm traffic; returns the
+        unwatch. See :meth:`AsyncKernelPool.watch_comms`."""
+        unwatch = self._call(self._async.watch_comms, session, callback)
+        return lambda: self._call(unwatch)
+
+    def send_comm(
+        self,
+        session: str,
+        comm_id: str,
+        data: dict[str, Any] | None = None,
+        *,
+        buffers: list[bytes] | None = None,
+        close: bool = False,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        on_comm: CommCallback | None = None,
+    ) -> concurrent.futures.Future[ExecutionResult]:
+        """Send a comm message to ``session``'s kernel and return at once, as a front end does.
+
+        The Future resolves once the kernel has handled the message (``.result()`` waits):
+        messages to one session are handled in the order sent, each after the cell running
+        before it. Cancelling the Future before it is handled withdraws the message; see
+        :meth:`AsyncKernelPool.send_comm` for the rest.
+        """
+        _named(session, "send_comm")
+        _comm_message(comm_id, data, buffers)
+        check_timeout(timeout)
+        return CallFuture(self._loop_thread.submit(self._async.send_comm(
+            session, comm_id, data, buffers=buffers, close=close, timeout=timeout, on_output=on_output, on_comm=on_comm
+        )))
 
     def widget(self) -> PoolWidget:
         """A live ipywidgets view of this pool with per-session actions (what ``%pool status`` shows)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import concurrent.futures
 import json
 import re
 import subprocess
@@ -20,6 +21,8 @@ from types import SimpleNamespace
 import nbformat
 import psutil
 import pytest
+
+from widgetkit import WIDGET_STATE, widget_models
 
 from jupyter_sessionpool import __version__
 from jupyter_sessionpool.batch import (
@@ -449,3 +452,90 @@ def test_injection_replaces_an_earlier_injected_cell():
     scope: dict = {}
     exec(twice.cells[1].source, scope)
     assert scope["a"] == 'say "hi"\n'
+
+
+# ---- widgets: metadata.widgets as papermill writes it ----------------------------------------------
+
+NBCLIENT_FILES = Path(__file__).parent / "files" / "nbclient"  # nbclient 0.11.0's tests/files (BSD-3-Clause)
+
+
+def saved_models(path: Path) -> list[str]:
+    return widget_models(json.loads(path.read_text())["metadata"])
+
+
+def without_model_ids(path: Path) -> list[dict]:
+    """:func:`comparable` cells, widget views' model ids aside (each run makes its own)."""
+    return json.loads(re.sub(r"'model_id': '[0-9a-f]{32}'", "'model_id': '…'", json.dumps(comparable(path)["cells"])))
+
+
+_PAPERMILL_IPC = """
+import sys, papermill
+from traitlets.config import Config
+papermill.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", cwd=sys.argv[3], progress_bar=False,
+                           config=Config({"KernelManager": {"transport": "ipc"}}))
+"""
+
+
+def papermill_with_widgets(source: Path, target: Path, attempts: int = 3) -> None:
+    """papermill's run of a widget notebook, as python3 (Output.ipynb names no kernelspec).
+
+    Its kernel listens on ipc sockets: on tcp, a port taken meanwhile by another run's kernel
+    on this shared machine killed it now and then. And papermill 2.7 / nbclient 0.11 sometimes
+    never end a notebook whose Output widgets capture (its kernel idle, nbclient waiting on;
+    ~1 run in 8 on a loaded machine): a run that has not ended in 60 s is made again.
+    """
+    args = [sys.executable, "-c", _PAPERMILL_IPC, str(source), str(target), str(source.parent)]
+    for attempt in range(attempts):
+        try:
+            subprocess.run(args, capture_output=True, timeout=60, check=True)
+            return
+        except subprocess.TimeoutExpired:
+            if attempt == attempts - 1:
+                raise
+
+
+@pytest.mark.timeout(300)
+def test_widget_state_is_saved_as_papermill_saves_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("JupyterWidgets.ipynb", "Output.ipynb"):
+        (src / name).write_bytes((NBCLIENT_FILES / name).read_bytes())
+    notebook(
+        src / "mine.ipynb",
+        "import ipywidgets as w\nfrom IPython.display import HTML, clear_output, display\n"
+        "out = w.Output(layout={'border': '1px solid'})\nout",
+        "with out:\n    print('one')\n    display(HTML('<b>two</b>'))\nprint('not captured')",
+        "@out.capture(clear_output=True)\ndef fails():\n    print('about to fail')\n    1 / 0\nfails()",
+        "from ipywidgets import interact\nresult = interact(lambda x: print('x is', x), x=(0, 10))",
+        "s = w.IntSlider(3)\nbox = w.VBox([s, w.Label('label')])\ns.value = 7\nbox",
+        "out.append_stdout('appended\\n')\nimg = w.Image(value=b'\\x89PNG bytes', format='png')",
+    )
+    stale = nbformat.read(src / "Output.ipynb", as_version=4)
+    assert len(stale.metadata.widgets[WIDGET_STATE]["state"]) == 42, "the input's stale ipywidgets-7 state"
+    notebook(src / "plain.ipynb", "print('no widgets')")
+    plain_input = nbformat.read(src / "plain.ipynb", as_version=4)
+    plain_input.metadata["widgets"] = stale.metadata.widgets
+    nbformat.write(plain_input, src / "plain.ipynb")
+    reference = tmp_path / "papermill"
+    reference.mkdir()
+    names = ("JupyterWidgets.ipynb", "Output.ipynb", "mine.ipynb")
+    with concurrent.futures.ThreadPoolExecutor(1) as one_at_a_time:  # papermill's tcp kernels race for ports
+        papermills = [one_at_a_time.submit(papermill_with_widgets, src / name, reference / name) for name in names]
+        out = tmp_path / "out"
+        results = run_notebooks([src], jobs=2, output_dir=out)  # meanwhile (ours listen on ipc sockets)
+        for run in papermills:
+            run.result()
+    assert {r.name: r.status for r in results} == dict.fromkeys(
+        ["JupyterWidgets.ipynb", "Output.ipynb", "mine.ipynb", "plain.ipynb"], PASSED)
+    for name in ("JupyterWidgets.ipynb", "Output.ipynb", "mine.ipynb"):
+        ours, theirs = saved_models(out / name), saved_models(reference / name)
+        assert ours == theirs, name
+        assert without_model_ids(out / name) == without_model_ids(reference / name), name
+    saved = json.loads((out / "Output.ipynb").read_text())["metadata"]["widgets"][WIDGET_STATE]["state"]
+    assert len(saved) < 42 and all(m["model_module_version"] != "1.5.0" for m in saved.values()), "this run's only"
+    captured = [m["state"]["outputs"] for m in saved.values() if m["model_name"] == "OutputModel"]
+    assert [{"output_type": "stream", "name": "stdout", "text": "in output\n"}] in [c[:1] for c in captured]
+    assert "widgets" not in nbformat.read(out / "plain.ipynb", as_version=4).metadata, "no stale state either"
+    mine = json.loads((out / "mine.ipynb").read_text())["metadata"]["widgets"][WIDGET_STATE]["state"]
+    (image,) = [m for m in mine.values() if m["model_name"] == "ImageModel"]
+    assert image["buffers"][0]["path"] == ["value"]

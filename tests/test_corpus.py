@@ -1,11 +1,15 @@
 """Output fidelity on real notebooks written by others (../shared/corpus beside the repository, see its SOURCES.md).
 
 Each notebook runs three ways, all at once: directly with nbclient (the reference), through
-``%%pool session=<stem>`` cells in a notebook run by nbclient, and through
-``AsyncKernelPool.execute`` with display updates applied the way ``results.py`` documents.
-After normalising what legitimately differs (counts, addresses, ids, timings, paths, image
-bytes, how a stream was split into messages) every cell's outputs must be the same,
-errors included: same name and message, one error per failing cell.
+``%%pool session=<stem>`` cells in a notebook run by nbclient, and through a session's lease
+with display updates applied the way ``results.py`` documents. After normalising what
+legitimately differs (counts, addresses, ids, timings, paths, image bytes, how a stream was
+split into messages) every cell's outputs must be the same, errors included: same name and
+message, one error per failing cell; and so must the saved widgets (``metadata.widgets``: the
+same models by type and state, an Output widget's captured outputs included). Through
+``%%pool`` nbclient is the front end of the notebook's kernel, which relays the session's
+widgets to it; through the API the widget state is ``Lease.widget_state()``, and the test
+does for Output widgets what a front end does (``batch.OutputWidgets``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from widgetkit import volatile, widget_models
+
 from jupyter_sessionpool import AsyncKernelPool
+from jupyter_sessionpool.batch import OutputWidgets, set_widgets_metadata
 
 # the project's shared/ folder sits beside the repository (also in CI); JSP_CORPUS points elsewhere
 CORPUS = Path(os.environ.get("JSP_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
@@ -46,41 +53,49 @@ def workdir(run: Path, mode: str) -> Path:
     return root / "work"
 
 
-async def run_notebook(sources: list[str], cwd: Path) -> list[list[dict[str, Any]]]:
+Run = tuple[list[list[dict[str, Any]]], dict[str, Any]]  # each cell's outputs; the notebook's metadata
+
+
+async def run_notebook(sources: list[str], cwd: Path) -> Run:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
     client = NotebookClient(
         nb, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(cwd)}}
     )
     await client.async_execute()
-    return [cell.outputs for cell in nb.cells]
+    return [cell.outputs for cell in nb.cells], nb.metadata
 
 
-async def direct(path: Path, cwd: Path) -> list[list[dict[str, Any]]]:
+async def direct(path: Path, cwd: Path) -> Run:
     return await run_notebook(code_cells(path), cwd)
 
 
-async def through_magics(path: Path, cwd: Path) -> list[list[dict[str, Any]]]:
+async def through_magics(path: Path, cwd: Path) -> Run:
     prefix = f"%%pool session={path.stem}\n"
     setup = "%load_ext jupyter_sessionpool\n%config KernelPool.max_kernels = 1"
     # an empty cell stays empty: IPython runs nothing for it, and %%pool with no body is a usage error
-    outputs = await run_notebook([setup, *(prefix + s if s.strip() else s for s in code_cells(path))], cwd)
+    outputs, metadata = await run_notebook([setup, *(prefix + s if s.strip() else s for s in code_cells(path))], cwd)
     assert outputs[0] == []
-    return outputs[1:]
+    return outputs[1:], metadata
 
 
-async def through_api(pool: AsyncKernelPool, path: Path) -> list[list[dict[str, Any]]]:
+async def through_api(pool: AsyncKernelPool, path: Path) -> Run:
     results = []
+    widgets = OutputWidgets()
     try:
-        for source in code_cells(path):
-            result = await pool.execute(source, session=path.stem, timeout=120)
-            for display_id, shown in result.displays.items():  # the rule results.py documents
-                for earlier in results:
-                    for i in earlier.displays.get(display_id, {}).get("outputs", []):
-                        earlier.outputs[i].update(data=shown["data"], metadata=shown["metadata"])
-            results.append(result)
+        async with pool.checkout(path.stem) as lease:
+            for source in code_cells(path):
+                result = await lease.execute(source, timeout=120, on_comm=widgets.on_comm)
+                await widgets.sync(lease)
+                for display_id, shown in result.displays.items():  # the rule results.py documents
+                    for earlier in results:
+                        for i in earlier.displays.get(display_id, {}).get("outputs", []):
+                            earlier.outputs[i].update(data=shown["data"], metadata=shown["metadata"])
+                results.append(result)
+            saved = nbformat.v4.new_notebook()
+            set_widgets_metadata(saved, lease.widget_state())  # what a batch run saves
     finally:
         await pool.release(path.stem)
-    return [r.outputs for r in results]
+    return [r.outputs for r in results], saved.metadata
 
 
 # ---- normalising what legitimately differs ---------------------------------------------------
@@ -133,14 +148,6 @@ def normalise(outputs: list[dict[str, Any]], paths: list[str]) -> list[Any]:
     return seen
 
 
-KNOWN_DIFFERENCES = {
-    # nbclient, like JupyterLab, writes what an Output widget captured back into the kernel's
-    # widget (a comm message to the kernel), so a later repr shows Output(outputs=(...)); the
-    # pool is not that front end and sends nothing back: the repr shows Output().
-    ("ipywidgets_using_interact", 24): ("Output(outputs=({'output_type': 'display_data'", "Output())"),
-}
-
-
 @pytest.mark.timeout(900)
 def test_corpus_outputs_match_a_direct_run(tmp_path):
     async def main():
@@ -165,18 +172,22 @@ def test_corpus_outputs_match_a_direct_run(tmp_path):
             done = await asyncio.gather(*runs.values())
         return dict(zip(runs, done)), paths
 
-    outputs, paths = asyncio.run(main())
+    runs, paths = asyncio.run(main())
     differences = []
     for path in NOTEBOOKS:
-        expected = [normalise(cell, paths) for cell in outputs[path.stem, "direct"]]
+        outputs, metadata = runs[path.stem, "direct"]
+        expected = [normalise(cell, paths) for cell in outputs]
         errors = [sum(o[0] == "error" for o in cell) for cell in expected]
         assert all(n <= 1 for n in errors), (path.stem, errors)  # one error per failing cell, directly too
+        widgets = widget_models(metadata, lambda text: volatile(_text(text, paths)))
         for mode in ("magics", "api"):
-            got = [normalise(cell, paths) for cell in outputs[path.stem, mode]]
+            outputs, metadata = runs[path.stem, mode]
+            got = [normalise(cell, paths) for cell in outputs]
             for index, (want, have) in enumerate(zip(expected, got, strict=True)):
-                known = KNOWN_DIFFERENCES.get((path.stem, index))
-                if known:  # exactly that difference, no other
-                    assert known[0] in str(want) and known[1] in str(have), (path.stem, index, want, have)
-                elif want != have:
+                if want != have:
                     differences.append(f"{path.stem} [{mode}] code cell {index}:\n  direct: {want}\n  {mode}: {have}")
+            saved = widget_models(metadata, lambda text: volatile(_text(text, paths)))
+            if saved != widgets:
+                missing, extra = sorted(set(widgets) - set(saved)), sorted(set(saved) - set(widgets))
+                differences.append(f"{path.stem} [{mode}] metadata.widgets:\n  only direct: {missing}\n  only {mode}: {extra}")
     assert not differences, "\n".join(differences)

@@ -12,7 +12,8 @@ SETTINGS = [
     "kernel_name", "max_kernels", "min_idle", "checkout_timeout", "execution_timeout", "startup_timeout",
     "shutdown_timeout", "session_idle_timeout", "env", "cwd",
 ]
-METHODS = ["execute", "checkout", "stats", "subscribe", "release", "interrupt", "restart", "sessions", "shutdown"]
+METHODS = ["execute", "checkout", "stats", "subscribe", "release", "interrupt", "restart", "sessions", "shutdown",
+           "widget_state", "watch_comms", "send_comm"]
 
 
 def test_design_names_are_exported():
@@ -40,9 +41,10 @@ def test_both_pools_have_the_same_settings_and_methods_with_docstrings():
         for name in METHODS:
             method = getattr(cls, name)
             assert method.__doc__, f"{cls.__name__}.{name} has no docstring"
-        assert inspect.signature(KernelPool.execute).parameters.keys() == inspect.signature(
-            AsyncKernelPool.execute
-        ).parameters.keys()
+        for name in ("execute", "send_comm", "widget_state", "watch_comms"):
+            assert inspect.signature(getattr(KernelPool, name)).parameters.keys() == inspect.signature(
+                getattr(AsyncKernelPool, name)
+            ).parameters.keys(), name
 
 
 def test_every_public_error_survives_a_pickle_round_trip():
@@ -50,8 +52,8 @@ def test_every_public_error_survives_a_pickle_round_trip():
     import pickle
 
     from jupyter_sessionpool import (
-        CheckoutTimeout, ExecutionError, ExecutionResult, ExecutionTimeout, KernelDied, KernelStartError,
-        PoolClosed, PoolError, SessionLost,
+        CheckoutTimeout, CommNotFound, ExecutionError, ExecutionResult, ExecutionTimeout, KernelDied,
+        KernelStartError, PoolClosed, PoolError, SessionLost,
     )
     from jupyter_sessionpool.errors import ProtocolError
 
@@ -67,6 +69,7 @@ def test_every_public_error_survives_a_pickle_round_trip():
         SessionLost("a", "its kernel died"),
         KernelStartError("python3", "exit 7", "stderr tail", attempts=3),
         ProtocolError("malformed message"),
+        CommNotFound("a", "c0ffee", "the session holds no kernel"),
     ]
     public = {obj for obj in vars(jupyter_sessionpool).values() if inspect.isclass(obj) and issubclass(obj, PoolError)}
     assert public <= {type(e) for e in errors}, "every public error is covered"

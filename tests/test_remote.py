@@ -111,6 +111,20 @@ async def test_remote_death_mid_cell_is_kernel_died_within_3s(gateway, remote):
     await wait_until(lambda: len(gateway.kernels()) == 1, 10, "the dead kernel's DELETE")
 
 
+async def test_widget_comms_go_both_ways_with_their_buffers(gateway, remote):
+    """The comm sink reads a remote kernel's comm traffic, and comm messages with binary
+    buffers reach it (v1 websocket frames on Kernel Gateway, binary legacy frames on EG)."""
+    pool = await remote(gateway, max_kernels=1)
+    await pool.execute("import ipywidgets as w\nimg = w.Image(value=b'first', format='png')", session="a")
+    state = pool.widget_state("a")["state"]
+    (image,) = [k for k, v in state.items() if v["model_name"] == "ImageModel"]
+    assert state[image]["buffers"][0]["path"] == ["value"]
+    sent = await pool.send_comm("a", image, {"method": "update", "state": {}, "buffer_paths": [["value"]]},
+                                buffers=[b"\x00second\xff"])
+    assert sent.status == "ok"
+    assert (await pool.execute("bytes(img.value)", session="a")).result == "b'\\x00second\\xff'"
+
+
 async def test_shutdown_leaves_no_kernel_even_after_an_exception(gateway, remote):
     with pytest.raises(ZeroDivisionError):
         async with AsyncKernelPool(**pool_settings(gateway), max_kernels=3, min_idle=2) as pool:

@@ -504,3 +504,44 @@ def test_lost_sessions_are_remembered_up_to_a_bound(clock):
         b.removed(slot)
     assert len(b.lost) == _LOST_MEMORY
     assert "s0" not in b.lost and f"s{_LOST_MEMORY + 9}" in b.lost
+
+
+# ---- waiting for one kernel (a comm message to the kernel that opened the comm) ------------------
+
+
+def test_a_waiter_for_one_kernel_gets_it_in_turn_and_never_starts_another(clock):
+    b = books(clock, max_kernels=2)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    w_comm, fx_comm = b.checkout("a", kernel_id=slot.kernel_id)
+    w_cell, _ = b.checkout("a")
+    assert fx_comm.granted == [] and fx_comm.start == []
+    assert b.checkin(slot).granted == [(w_comm, slot)], "in turn, behind the running cell"
+    assert b.checkin(slot).granted == [(w_cell, slot)]
+    with pytest.raises(SessionLost):
+        b.checkout("a", kernel_id="another-kernel")
+    with pytest.raises(SessionLost):
+        b.checkout("nobody", kernel_id=slot.kernel_id)
+    assert "a" not in b.lost and "nobody" not in b.lost, "refusing it records no loss"
+
+
+@pytest.mark.parametrize("how", ["restart", "release", "death"])
+def test_a_waiter_for_one_kernel_fails_when_the_session_loses_it(clock, how):
+    b = books(clock, max_kernels=2)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    w_comm, _ = b.checkout("a", kernel_id=slot.kernel_id)
+    fx = b.restart("a")[1] if how == "restart" else b.release("a")[1] if how == "release" else b.died(slot)
+    assert [w for w, error in fx.failed if isinstance(error, SessionLost)] == [w_comm]
+    assert fx.start == [], "nothing starts for it"
+    assert ("a" in b.lost) == (how == "death"), "a loss stays for the session's next call"
+
+
+def test_a_death_fails_waiting_cells_and_comm_messages_and_is_told_once(clock):
+    b = books(clock, max_kernels=2)
+    _, fx = b.checkout("a")
+    (slot,) = start_all(b, fx)
+    w_comm, _ = b.checkout("a", kernel_id=slot.kernel_id)
+    w_cell, _ = b.checkout("a")
+    fx = b.died(slot)
+    assert {w for w, _ in fx.failed} == {w_comm, w_cell} and "a" not in b.lost, "the waiting cell was told"

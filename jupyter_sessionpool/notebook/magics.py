@@ -25,6 +25,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Int
 
+from .relay import WidgetRelay
 from .routing import BackgroundCell, HoldingErrors, Notice, cell_number, current_parent, in_kernel, route_to_current_cell
 from ..config import check_session_name, check_timeout
 from ..errors import ExecutionError, PoolError
@@ -326,6 +327,7 @@ class PoolMagics(Magics):
         self._background: list[_Background] = []
         self._numbers: dict[str, dict[int, int]] = {}  # session -> remote execution count -> local cell number
         self._latest_parent: dict[str, Any] = {}  # the parent header of the cell the kernel runs now
+        self._relay = WidgetRelay(shell.kernel) if in_kernel(shell) else None  # widgets of sessions, live here
 
     def note_cell(self, info: Any = None) -> None:
         """``pre_run_cell`` hook: remember which request the kernel runs now (background updates go to it)."""
@@ -375,6 +377,8 @@ class PoolMagics(Magics):
         If every kernel is held by other sessions, the cell says so at once, and how to
         free one, until it gets a kernel. Output the session's kernel made while none of its
         cells ran (a thread printing after its cell ended) comes first, headed as such.
+        Widgets the cell makes render here and stay live: this kernel relays their comms to
+        the session's kernel (see ``jupyter_sessionpool.notebook.relay``).
 
         ``--bg`` runs it in the background: the cell returns at once, and the output keeps
         arriving in this cell (never in a later one) while other cells run, as one display
@@ -408,6 +412,7 @@ class PoolMagics(Magics):
     def _run(self, args: CellArgs, cell: str) -> None:
         pool = self.pool
         route = HoldingErrors(route_to_current_cell(self.shell))
+        widgets = self._relay.cell(pool, args.session) if self._relay is not None else None
         count = cell_number(self.shell)
         notice = Notice(self.shell)
         unsubscribe = pool.subscribe(lambda stats: notice.show(waiting_message(stats, args.session)))
@@ -417,7 +422,10 @@ class PoolMagics(Magics):
                 route({"output_type": "stream", "name": "stderr", "text": f"[output of session {args.session} while no cell ran]\n"})
                 for output in stray:
                     route(output)
-            result = pool.execute(cell, session=args.session, timeout=args.timeout, on_output=route)
+            result = pool.execute(
+                cell, session=args.session, timeout=args.timeout, on_output=widgets.views(route) if widgets else route,
+                on_comm=widgets.on_comm if widgets else None,
+            )
         except BaseException:
             route.end(drop=True)  # the pool's error (or the interrupt) is what this cell shows
             raise
@@ -433,12 +441,15 @@ class PoolMagics(Magics):
         pool = self.pool
         count = cell_number(self.shell)
         display = None
-        if in_kernel(self.shell):
+        on_output, on_comm = route_to_current_cell(self.shell), None
+        if self._relay is not None:
             numbers = self._numbers.setdefault(args.session, {})
             display = BackgroundCell(
                 self.shell, _running(count, args.session), lambda: self._latest_parent, lambda tb: relabel(tb, numbers)
             )
-        future = pool.submit(cell, args.session, args.timeout, display or route_to_current_cell(self.shell))
+            widgets = self._relay.cell(pool, args.session, background=True)
+            on_output, on_comm = widgets.views(display), widgets.on_comm
+        future = pool.submit(cell, args.session, args.timeout, on_output, on_comm=on_comm)
         job = _Background(count, args.session, future, display)
         self._background.append(job)
         future.add_done_callback(lambda _f: self._finished(job))

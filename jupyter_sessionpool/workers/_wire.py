@@ -30,14 +30,27 @@ class MalformedFrame(ValueError):
 
 
 def encode_v1(channel: str, msg: Message) -> bytes:
-    """A message as one ``v1.kernel.websocket.jupyter.org`` frame (uint64 LE offsets, channel, 4 JSON parts)."""
+    """A message as one ``v1.kernel.websocket.jupyter.org`` frame (uint64 LE offsets, channel, 4 JSON parts, buffers)."""
     parts = [channel.encode()] + [
         json.dumps(msg[key], default=json_default).encode() for key in ("header", "parent_header", "metadata", "content")
-    ]
+    ] + [bytes(buffer) for buffer in msg.get("buffers") or ()]
     offsets = [8 * (len(parts) + 2)]
     for part in parts:
         offsets.append(offsets[-1] + len(part))
     return struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets) + b"".join(parts)
+
+
+def encode_json(channel: str, msg: Message) -> str | bytes:
+    """A message as a legacy frame: JSON text, or binary (uint32 BE offsets) when it has buffers."""
+    buffers = [bytes(buffer) for buffer in msg.get("buffers") or ()]
+    text = json.dumps({**{k: v for k, v in msg.items() if k != "buffers"}, "channel": channel}, default=json_default)
+    if not buffers:
+        return text
+    parts = [text.encode(), *buffers]
+    offsets = [4 * (len(parts) + 1)]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part))
+    return struct.pack(f"!{len(parts) + 1}I", len(parts), *offsets) + b"".join(parts)
 
 
 def decode_v1(frame: bytes) -> tuple[str, Message]:

@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from ..results import output_size
 
@@ -171,16 +171,26 @@ def _expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_result(_EXPIRED)
 
 
+class CommSink(Protocol):
+    """Where a kernel's comm traffic goes (the pool's ``comms.KernelComms``)."""
+
+    def take(self, msg: Message, answered: bool) -> bool:
+        """See every iopub message; True if it consumed one that answers no request."""
+
+
 class Router:
     """Routes each message a kernel sends to the open request it answers (by parent msg_id).
 
     Called by the worker's reader, synchronously, on the pool's event loop. It also keeps
     the kernel's last ``execution_state`` as its iopub ``status`` messages report it, and
-    follows requests sent around the pool (``Lease.client``) to their ``idle``.
+    follows requests sent around the pool (``Lease.client``) to their ``idle``. Every iopub
+    message is shown to ``comms`` first, the kernel's comm sink, in arrival order: comm
+    traffic that answers no request ends there instead of among the orphans.
     """
 
     def __init__(self) -> None:
         self._open: dict[str, Request] = {}
+        self.comms: CommSink | None = None
         self.orphans = OrphanRing()
         self.execution_state: str | None = None
         self.kernel_info: dict[str, Any] | None = None  # the content of the latest kernel_info reply
@@ -204,6 +214,8 @@ class Router:
         elif channel == "shell" and msg.get("msg_type") == "kernel_info_reply":
             self.kernel_info = msg.get("content")
         request = self._open.get(parent)
+        if channel == "iopub" and self.comms is not None and self.comms.take(msg, request is not None):
+            return
         if request is not None:
             request._put(channel, msg)
         elif channel == "iopub" and msg.get("msg_type") in _OUTPUT_TYPES:
@@ -387,8 +399,11 @@ class KernelWorker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
-        """Send a request and return the :class:`Request` its answers are routed to."""
+    def request(
+        self, msg_type: str, content: dict[str, Any], channel: str = "shell", buffers: list[bytes] | None = None
+    ) -> Request:
+        """Send a request (with binary ``buffers``, e.g. a comm message's) and return the
+        :class:`Request` its answers are routed to."""
 
     @abc.abstractmethod
     async def interrupt(self) -> None:

@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from jupyter_client import protocol_version
-from jupyter_client.jsonutil import json_default
 from jupyter_client.session import msg_header
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClosedError, WebSocketClientConnection, websocket_connect
@@ -60,7 +59,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketClientConnection, w
 from .._redact import redact, redact_url
 from ..errors import KernelStartError, ProtocolError
 from ._link import Link, LinkState
-from ._wire import MalformedFrame, decode_json, decode_v1, encode_v1
+from ._wire import MalformedFrame, decode_json, decode_v1, encode_json, encode_v1
 from .base import KernelExited, KernelWorker, Message, Request, Router, Workers
 
 if TYPE_CHECKING:
@@ -472,9 +471,13 @@ class GatewayWorker(KernelWorker):
 
     # ---- messages -------------------------------------------------------------------------
 
-    def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+    def request(
+        self, msg_type: str, content: dict[str, Any], channel: str = "shell", buffers: list[bytes] | None = None
+    ) -> Request:
         """Send a request now if the link is OPEN, else hold it until the kernel proved who it is."""
         msg = self._message(msg_type, content)
+        if buffers:
+            msg["buffers"] = buffers
         request = self.router.open(msg["header"]["msg_id"], channel)
         if self.exited.done():
             return request  # its next() raises KernelExited
@@ -511,7 +514,8 @@ class GatewayWorker(KernelWorker):
             if self._v1:
                 sent = ws.write_message(encode_v1(channel, msg), binary=True)
             else:
-                sent = ws.write_message(json.dumps({**msg, "channel": channel}, default=json_default))
+                frame = encode_json(channel, msg)
+                sent = ws.write_message(frame, binary=isinstance(frame, bytes))
         except WebSocketClosedError:
             if msg["header"]["msg_id"] not in {p.msg_id for p in self._probes}:
                 self.link.hold((channel, msg))

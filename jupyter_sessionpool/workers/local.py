@@ -300,7 +300,9 @@ class LocalWorker(KernelWorker):
 
     # ---- the reader --------------------------------------------------------------------------
 
-    def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> Request:
+    def request(
+        self, msg_type: str, content: dict[str, Any], channel: str = "shell", buffers: list[bytes] | None = None
+    ) -> Request:
         if channel != "shell":
             raise ValueError(f"the local worker sends requests on shell only, not {channel!r}")
         if self._session is None or self.exited.done():
@@ -308,7 +310,7 @@ class LocalWorker(KernelWorker):
         msg = self._session.msg(msg_type, content)
         request = self.router.open(msg["header"]["msg_id"], channel)
         shell = self._sockets[0][1]
-        self._session.send(shell, msg)
+        self._session.send(shell, msg, buffers=buffers)
         if shell.get(zmq.EVENTS) & zmq.POLLIN:  # a send can consume the descriptor's edge: look again
             self._wake_reader(0)
         log.debug("kernel %s: sent %s %s", self.kernel_id, msg_type, request.msg_id)
