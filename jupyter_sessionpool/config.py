@@ -15,7 +15,7 @@ import reprlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 _MAX_SESSION_LEN = 200
@@ -106,6 +106,21 @@ class PoolSettings(LoggingConfigurable):
         32_000_000,
         help="Characters of output one cell may produce before the rest is dropped with a marker; "
         "bounds the pool's memory when a cell floods output. 0: no limit.",
+    ).tag(config=True)
+    start_method = Enum(
+        ["auto", "fork", "spawn"],
+        "auto",
+        help="How local kernels start. 'fork': from a warmed template process of the kernelspec's "
+        "interpreter that has imported ipykernel, IPython and `preload` (tens of milliseconds instead of "
+        "an interpreter's start; Linux and ipykernel kernelspecs only), raising KernelStartError where "
+        "that cannot be done. 'spawn': a new interpreter per kernel, as jupyter_client starts kernels. "
+        "'auto': fork where a template can serve the start, spawn otherwise (logging why, once).",
+    ).tag(config=True)
+    preload = List(
+        Unicode(),
+        help="Modules the fork template imports once (e.g. ['numpy', 'pandas']), so that importing them "
+        "in a fresh kernel is a dictionary lookup and their memory is shared between kernels. Forked "
+        "starts only; a change to them (an upgrade) makes a new template.",
     ).tag(config=True)
     transport = Enum(
         ["ipc", "tcp"],
