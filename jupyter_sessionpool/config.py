@@ -211,6 +211,13 @@ class PoolSettings(LoggingConfigurable):
     def _check_seconds(self, proposal: Any) -> Any:
         return _positive_or_none(proposal.trait.name, proposal.value)
 
+    @validate("preload")
+    def _check_preload(self, proposal: Any) -> list[str]:
+        bad = [name for name in proposal.value if not all(part.isidentifier() for part in name.split("."))]
+        if bad:
+            raise TraitError(f"preload must list module names, e.g. ['numpy', 'pandas']; not {', '.join(map(repr, bad))}")
+        return proposal.value
+
     @validate("kernel_name")
     def _check_kernel_name(self, proposal: Any) -> str:
         if not proposal.value:

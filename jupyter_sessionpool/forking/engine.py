@@ -53,7 +53,7 @@ _KERNEL_MODULES = ("ipykernel_launcher", "ipykernel")
 _OPTIONS_WITH_VALUE = frozenset({"-X", "-W", "--check-hash-based-pycs"})
 # Environment read when an interpreter (or a module the template imports) starts, which a
 # forked kernel cannot change: these pick the template. Everything else is set per kernel.
-_INTERPRETER_PREFIXES = ("PYTHON", "PYDEVD_")
+_INTERPRETER_PREFIXES = ("PYTHON", "PYDEVD_", "DEBUGPY_")
 _INTERPRETER_ENV = frozenset({
     "VIRTUAL_ENV", "CONDA_PREFIX", "LD_PRELOAD", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "LC_CTYPE",
     "USER",  # jupyter_client's Session.username default
@@ -129,17 +129,20 @@ def plan(cmd: Sequence[str], connection_file: str, env: dict[str, str], preload:
     if not cmd:
         raise Unservable("the kernelspec has an empty argv")
     rest, options, index = list(cmd[1:]), [], 0
+    not_ipykernel = Unservable(
+        f"its argv ({' '.join(map(str, cmd[:4]))}{' ...' if len(cmd) > 4 else ''}) is not "
+        "`python [options] -m ipykernel_launcher ...`: not an ipykernel")
     while index < len(rest) and rest[index] != "-m":
         token = rest[index]
         if not token.startswith("-") or token in ("-", "-c", "-i"):
-            raise Unservable(f"its argv runs {token!r} with {Path(cmd[0]).name}, not `-m ipykernel_launcher`")
+            raise not_ipykernel
         options.append(token)
         if token in _OPTIONS_WITH_VALUE and index + 1 < len(rest):
             index += 1
             options.append(rest[index])
         index += 1
     if index + 1 >= len(rest) or rest[index + 1] not in _KERNEL_MODULES:
-        raise Unservable(f"its argv ({' '.join(cmd[:3])} ...) is not `python -m ipykernel_launcher`: not an ipykernel")
+        raise not_ipykernel
     args = rest[index + 2:]
     real = os.path.realpath(connection_file)
     key_args = tuple("{connection_file}" if a in (connection_file, real) else a for a in args)

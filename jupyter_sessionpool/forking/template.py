@@ -37,6 +37,7 @@ if sys.path and os.path.realpath(sys.path[0] or os.curdir) == _HERE:
 
 import gc  # noqa: E402 - sys.path first
 import importlib  # noqa: E402
+import itertools  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import select  # noqa: E402
@@ -138,13 +139,50 @@ def _rehearse(module_names: set) -> list:
     return json.loads(b"".join(chunks) or b"[]")
 
 
+def _thread_names_taken() -> int:
+    """How many default thread names ("Thread-N") the imports took (pydevd makes a Thread at import)."""
+    import threading
+
+    if not hasattr(threading, "_counter"):
+        return 0
+    taken = threading._counter() - 1
+    threading._counter = itertools.count(taken + 1).__next__
+    return taken
+
+
+def _number_threads_as_spawned(app, taken: int) -> None:
+    """Number this kernel's threads as a spawned kernel numbers them.
+
+    A spawned kernel makes those imports while it builds its kernel, after its parent
+    poller took "Thread-1": restart the count, and take the imports' names there.
+    """
+    import threading
+
+    if not hasattr(threading, "_counter"):
+        return
+    threading._counter = itertools.count(1).__next__
+    init_kernel = app.init_kernel
+
+    def numbered_init_kernel() -> None:
+        for _ in range(taken):
+            threading._counter()
+        init_kernel()
+
+    app.init_kernel = numbered_init_kernel
+
+
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
 def _warm(hello: dict) -> dict:
-    """Import everything a kernel needs, then freeze: what the ``ready`` message reports."""
+    """Import everything a kernel needs, then freeze: what the ``ready`` message reports.
+
+    ``ready["env"]`` is what those imports set in ``os.environ`` (debugpy sets
+    ``PYDEVD_USE_FRAME_EVAL`` unless it is set): a spawned kernel's imports would set it too.
+    """
     preload = list(hello.get("preload") or [])
+    env_before = dict(os.environ)
     for name in _KERNEL_MODULES:
         importlib.import_module(name)
     for name in _rehearse(set(sys.modules)):
@@ -176,7 +214,9 @@ def _warm(hello: dict) -> dict:
 
     gc.collect()
     gc.freeze()  # the imports' objects stay in shared pages: a collection in a kernel does not copy them
-    return {"pid": os.getpid(), "origin": origin, "ipykernel": ipykernel.__version__}
+    env = {k: v for k, v in os.environ.items() if env_before.get(k) != v}
+    return {"pid": os.getpid(), "origin": origin, "ipykernel": ipykernel.__version__, "env": env,
+            "thread_names": _thread_names_taken()}
 
 
 def _serve(channel: socket.socket, origin: str) -> tuple:
@@ -276,6 +316,7 @@ def _become_kernel(request: dict, fds: list, template: int) -> None:
         singleton.clear_instance()
     app = IPKernelApp.instance()
     app.parent_handle = template  # its default was read from the template's env at import
+    _number_threads_as_spawned(app, request["thread_names"])
     app.initialize()
     os.write(ready, b"1")  # the sockets are bound: a client connecting now is answered at once
     os.close(ready)
@@ -300,6 +341,8 @@ def main() -> None:
     template = os.getpid()
     request, fds = _serve(channel, ready["origin"])
     if request is not None:  # a forked child: the rest of this process is a kernel
+        request["env"] = {**ready["env"], **request["env"]}  # what the imports set, unless this start sets it
+        request["thread_names"] = ready["thread_names"]
         _become_kernel(request, fds, template)
 
 

@@ -296,13 +296,14 @@ class LocalWorker(KernelWorker):
                 await self._launch_forked(km, env)
             except (Unservable, ForkUnavailable) as exc:
                 reason = exc.reason
-                if self._start_method == "fork":
-                    raise KernelStartError(
-                        self.kernel_name, f"it cannot be forked: {reason}",
-                        hint="start_method='fork' forks ipykernel kernelspecs on Linux only; use 'auto' to spawn "
-                        "what cannot be forked, or 'spawn'", retryable=False,
-                    ) from None
                 failed = isinstance(exc, ForkUnavailable) or exc.failure
+                if self._start_method == "fork":
+                    what = ("fix what stopped it, or" if failed else
+                            "start_method='fork' forks ipykernel kernelspecs on Linux only;")
+                    raise KernelStartError(
+                        self.kernel_name, f"it cannot be forked: {reason}", retryable=False,
+                        hint=f"{what} set start_method='auto' to spawn what cannot be forked (or 'spawn')",
+                    ) from None
                 tell_once(log, logging.WARNING if failed else logging.INFO, self.kernel_name, reason)
                 km.cleanup_connection_file()
                 km = self._km = self._manager()
