@@ -21,13 +21,12 @@ from jupyter_client.manager import KernelManager
 from jupyter_sessionpool.forking.engine import TEMPLATES, ForkedProcess, Template
 from jupyter_sessionpool.forking.kernelspec import install_kernelspec
 
-SPECS = ("fork", "fork-np", "spawn")
 
 
 def kernelspecs(prefix: Path) -> Path:
     """Install the test kernelspecs under ``prefix``; returns the directory to put on JUPYTER_PATH."""
     install_kernelspec("fork", prefix=str(prefix))
-    install_kernelspec("fork-np", preload=["numpy"], prefix=str(prefix))
+    install_kernelspec("fork-np", preload=["numpy", "numpy.random"], prefix=str(prefix))  # numpy 2 imports random lazily
     share = prefix / "share" / "jupyter"
     spec = json.loads((share / "kernels" / "fork" / "kernel.json").read_text())
     del spec["metadata"]["kernel_provisioner"]
