@@ -6,7 +6,9 @@ orphan, killed, and fails the run.
 
 ``JSP_TEST_START_METHOD=spawn`` (or ``fork``) runs every pool of this process with that
 ``start_method`` (default: the pools' own default, ``auto``, which forks ipykernels on
-Linux); ``make test`` runs the kernel-touching files under both.
+Linux); ``make test`` runs the kernel-touching files under both. Under ``fork``, a
+``make_pool`` pool of a kernelspec no template can serve (the purpose-built test kernels,
+another provisioner) gets ``auto``, which spawns it: ``fork`` refuses those by design.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 
 from jupyter_sessionpool import AsyncKernelPool
 from jupyter_sessionpool.config import PoolSettings
-from jupyter_sessionpool.forking import stop_templates
+from jupyter_sessionpool.forking import Unservable, stop_templates
+from jupyter_sessionpool.forking.engine import plan
 
 RUN_ID = uuid.uuid4().hex
 _SCRATCH = Path(tempfile.mkdtemp(prefix="jsp-test-"))
@@ -84,12 +88,30 @@ def no_orphans():
         pytest.fail(f"{len(left)} process(es) outlived the test run:\n{listing}", pytrace=False)
 
 
+def forkable(kernel_name: str) -> bool:
+    """Whether a fork template can serve the kernelspec: an ipykernel's argv, launched by no other provisioner."""
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except Exception:  # missing or unreadable: the pool itself reports it
+        return True
+    provisioner = (spec.metadata.get("kernel_provisioner") or {}).get("provisioner_name")
+    if provisioner not in (None, "local-provisioner", "sessionpool-fork"):
+        return False
+    try:
+        plan(spec.argv, "{connection_file}", {})
+    except Unservable:
+        return False
+    return True
+
+
 @pytest.fixture
 async def make_pool():
     """Build pools that are always shut down, even when the test fails."""
     pools: list[AsyncKernelPool] = []
 
     async def make(**kwargs) -> AsyncKernelPool:
+        if START_METHOD == "fork" and not forkable(kwargs.get("kernel_name", "python3")):
+            kwargs.setdefault("start_method", "auto")
         pool = AsyncKernelPool(**kwargs)
         pools.append(pool)
         return await pool.start()

@@ -31,6 +31,7 @@ import logging
 import os
 import select
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,10 @@ def plan(cmd: Sequence[str], connection_file: str, env: dict[str, str], preload:
         raise Unservable(f"fork-started kernels need Linux, and this is {sys.platform}")
     if not cmd:
         raise Unservable("the kernelspec has an empty argv")
+    # jupyter_client runs these names as its own interpreter (KernelManager.format_kernel_cmd)
+    own = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+    if cmd[0] not in own and not shutil.which(cmd[0]):
+        raise Unservable(f"its interpreter {cmd[0]!r} was not found")
     rest, options, index = list(cmd[1:]), [], 0
     not_ipykernel = Unservable(
         f"its argv ({' '.join(map(str, cmd[:4]))}{' ...' if len(cmd) > 4 else ''}) is not "
