@@ -221,3 +221,30 @@ def test_interrupt_restart_shutdown_and_exit_codes_through_jupyter_client(scratc
         assert third.returncode == -signal.SIGKILL
     finally:
         kernel.stop(now=True)
+
+
+@pytest.mark.parametrize("name", ["fork", "spawn"])
+def test_exit_runs_atexit_handlers_joins_threads_and_flushes(scratch, tmp_path, name):
+    """A shutdown ends the kernel as interpreter exit does: non-daemon threads joined, atexit run, output flushed."""
+    cwd, env = scratch
+    marks = tmp_path / "marks"
+    log = open(tmp_path / "kernel.log", "wb")  # noqa: SIM115 - closed below
+    kernel = Kernel(name, cwd=str(cwd), env=env, stdout=log, stderr=log)
+    try:
+        kernel.run(
+            "import atexit, sys, threading, time\n"
+            f"marks = open({str(marks)!r}, 'a')\n"
+            "def late():\n    time.sleep(0.5); marks.write('thread ')\n"
+            "threading.Thread(target=late).start()\n"
+            "atexit.register(lambda: (marks.write('atexit'), marks.close()))\n"
+            "sys.__stdout__.write('unflushed to the log')"
+        )
+        process = kernel.process
+        kernel.stop()
+        assert process.returncode == 0
+        assert marks.read_text() == "thread atexit"
+    finally:
+        kernel.stop(now=True)
+        log.close()
+    assert "unflushed to the log" in (tmp_path / "kernel.log").read_text()
+
