@@ -243,7 +243,7 @@ class ForkedProcess:
 
 class _Request:
     def __init__(self, args: list[str]) -> None:
-        self.args = args
+        self.args = args  # the command line a spawn would have run, as Popen.args
         self.future: concurrent.futures.Future[ForkedProcess] = concurrent.futures.Future()
         self.abandoned = False  # its caller gave up: kill what it forks
 
@@ -344,7 +344,7 @@ class Template:
     def fork(self, args: list[str], orig_argv: list[str], env: dict[str, str], cwd: str,
              fds: Sequence[int]) -> _Request:
         """Send one fork request (from any thread); its ``future`` gets the ForkedProcess."""
-        request = _Request(args)
+        request = _Request(orig_argv)
         message = {"op": "fork", "args": args, "orig_argv": orig_argv, "env": env, "cwd": cwd}
         with self._lock:
             if self.lost or self.retired:

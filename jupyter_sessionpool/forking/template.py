@@ -51,6 +51,7 @@ _MAX_PACKET = 1 << 20  # a request (its env, mostly) of up to 1 MB
 _PR_SET_PDEATHSIG = 1
 # What a kernel start imports, imported once here (never a thread, a zmq context or a loop).
 _KERNEL_MODULES = ("ipykernel.kernelapp", "IPython", "ipykernel.debugger")
+_CONTROL_FINISH = 1.0  # seconds a stopping kernel gives its control thread to finish the shutdown request
 
 
 def _die_with_parent(parent: int) -> None:
@@ -321,6 +322,12 @@ def _become_kernel(request: dict, fds: list, template: int) -> None:
     os.write(ready, b"1")  # the sockets are bound: a client connecting now is answered at once
     os.close(ready)
     app.start()
+    control = getattr(app, "control_thread", None)
+    if control is not None and control.is_alive():
+        # The shutdown request's last step on the control thread is a flush through IOPub.
+        # ipykernel's close() (atexit) stops IOPub before joining that thread: if it runs
+        # first, the flush waits its whole timeout (10 s) and the kernel is killed for it.
+        control.join(_CONTROL_FINISH)
     _exit_as_an_interpreter_would()
 
 
