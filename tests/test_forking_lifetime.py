@@ -274,10 +274,12 @@ async def test_a_start_cancelled_while_its_fork_is_in_flight_kills_the_kernel(sp
         await warm.shutdown_kernel(now=True)
 
 
-async def test_a_start_cancelled_before_the_kernel_is_bound_kills_the_kernel(specs):
+async def test_a_start_cancelled_before_the_kernel_is_bound_kills_the_kernel(specs, tmp_path):
     km = AsyncKernelManager(kernel_name="fork")
-    slow = ["--IPKernelApp.exec_lines=['import time; time.sleep(60)']"]  # initialize() does not end
-    start = asyncio.ensure_future(km.start_kernel(extra_arguments=slow))
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text("import time; time.sleep(60)")  # read before the sockets are bound
+    start = asyncio.ensure_future(km.start_kernel(env={**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}))
     while not any(t._children for t in templates(specs)):
         await asyncio.sleep(0.01)
     (child,) = [c for t in templates(specs) for c in t._children.values()]

@@ -172,6 +172,23 @@ def _number_threads_as_spawned(app, taken: int) -> None:
     app.init_kernel = numbered_init_kernel
 
 
+def _say_when_bound(app, ready: int) -> None:
+    """Write to ``ready`` once every socket is bound (``initialize()`` then writes the connection file).
+
+    The owner returns from its launch then: its client connects to sockets that exist (no
+    zmq reconnect interval to wait out), and its first requests wait in their queues while
+    the kernel builds the rest of itself (its shell, its kernel object).
+    """
+    write_connection_file = app.write_connection_file
+
+    def bound_and_written(**kwargs) -> None:
+        write_connection_file(**kwargs)
+        os.write(ready, b"1")
+        os.close(ready)
+
+    app.write_connection_file = bound_and_written
+
+
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
@@ -318,9 +335,8 @@ def _become_kernel(request: dict, fds: list, template: int) -> None:
     app = IPKernelApp.instance()
     app.parent_handle = template  # its default was read from the template's env at import
     _number_threads_as_spawned(app, request["thread_names"])
+    _say_when_bound(app, ready)
     app.initialize()
-    os.write(ready, b"1")  # the sockets are bound: a client connecting now is answered at once
-    os.close(ready)
     app.start()
     control = getattr(app, "control_thread", None)
     if control is not None and control.is_alive():
