@@ -248,3 +248,29 @@ def test_exit_runs_atexit_handlers_joins_threads_and_flushes(scratch, tmp_path, 
         log.close()
     assert "unflushed to the log" in (tmp_path / "kernel.log").read_text()
 
+
+
+@pytest.mark.parametrize("name", ["fork", "spawn"])
+def test_terminate_and_the_provisioner_info_for_a_restarted_server(scratch, name):
+    """SIGTERM reaches the kernel's process group; what a server persists of the provisioner loads back."""
+    from jupyter_client.provisioning import KernelProvisionerFactory
+    from jupyter_core.utils import run_sync
+
+    cwd, env = scratch
+    kernel = Kernel(name, cwd=str(cwd), env=env)
+    try:
+        provisioner = kernel.km.provisioner
+        info = run_sync(provisioner.get_provisioner_info)()
+        assert (info["pid"], info["pgid"]) == (provisioner.pid, provisioner.pid)
+        if name == "fork":
+            assert info["forked"] is True and info["template_pid"] == kernel.template.pid
+        again = KernelProvisionerFactory.instance().create_provisioner_instance(
+            kernel.km.kernel_id, kernel.km.kernel_spec, parent=None)
+        assert type(again) is type(provisioner)
+        run_sync(again.load_provisioner_info)(info)
+        assert (again.pid, again.pgid, again.connection_info) == (provisioner.pid, provisioner.pgid,
+                                                                  provisioner.connection_info)
+        kernel.km._send_kernel_sigterm()
+        assert kernel.process.wait(30) == -signal.SIGTERM
+    finally:
+        kernel.stop(now=True)
