@@ -38,6 +38,8 @@ import batch  # noqa: E402
 import books  # noqa: E402
 import checkout  # noqa: E402
 import concurrency  # noqa: E402
+import forking  # noqa: E402
+import forking_lab  # noqa: E402
 import magics  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
@@ -48,11 +50,14 @@ import startup  # noqa: E402
 import throughput  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
-# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11)
-# and batch runs (issue 14).
+from jupyter_sessionpool.forking import stop_templates  # noqa: E402
+
+# In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11),
+# batch runs (issue 14) and fork-started kernels (issue 21).
 ITEMS = {
     m.__name__: m
-    for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch)
+    for m in (overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch, forking,
+              forking_lab)
 }
 
 
@@ -117,6 +122,7 @@ def main() -> int:
         section.load = item_meter.read()
         sections.append(section)
         print(report.render_section(section), flush=True)
+    stop_templates()  # the fork templates of this process's pools outlive them by a minute otherwise
     left = check_cleanup()
     machine = report.machine(meter.read(), time.time() - started, args.quick)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
