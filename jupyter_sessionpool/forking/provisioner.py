@@ -56,8 +56,6 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
         "dictionary lookup (e.g. ['numpy', 'pandas']). The template is made again when they change.",
     ).tag(config=True)
 
-    fallback = True
-    """Spawn a start that cannot be forked (False: raise :class:`ForkUnavailable`, as the pool's fork mode does)."""
     holder: object | None = None
     """Who keeps this kernel's template (a pool); None keeps it for the life of this process."""
     forked = False
@@ -65,19 +63,24 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Fork the kernel ``cmd`` names from its template; launch it as LocalProvisioner does if that cannot be."""
-        name = self.kernel_spec.name if self.kernel_spec is not None else "?"
         try:
             self.process = await self._fork(cmd, dict(kwargs))
         except Unservable as exc:
-            if not self.fallback:
-                raise ForkUnavailable(exc.reason) from None
-            tell_once(self.log, logging.WARNING if exc.failure else logging.INFO, name, exc.reason)
             self.forked = False
-            return await super().launch_kernel(cmd, **kwargs)
+            return await self.spawn_instead(cmd, kwargs, exc)
         self.forked = True
         self.pid = self.pgid = self.process.pid  # the kernel leads its own session, as a spawned one
         self.cwd = kwargs.get("cwd") or pathlib.Path.cwd()
         return self.connection_info
+
+    async def spawn_instead(self, cmd: list[str], kwargs: dict[str, Any], why: Unservable) -> KernelConnectionInfo:
+        """Launch a start that cannot be forked as ``LocalProvisioner`` would, saying why once per kernelspec.
+
+        Subclasses launch it their own way, or raise :class:`ForkUnavailable`.
+        """
+        name = self.kernel_spec.name if self.kernel_spec is not None else "?"
+        tell_once(self.log, logging.WARNING if why.failure else logging.INFO, name, why.reason)
+        return await super().launch_kernel(cmd, **kwargs)
 
     async def _fork(self, cmd: list[str], kwargs: dict[str, Any]) -> ForkedProcess:
         for name in ("extra_arguments", "kernel_id"):  # what LocalProvisioner scrubs before Popen

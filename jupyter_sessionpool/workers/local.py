@@ -140,6 +140,26 @@ def fork_plan(km: AsyncKernelManager, preload: list[str]) -> list[str]:
     return list(dict.fromkeys([*config.get("preload", []), *preload]))
 
 
+def _with_faststart(env: dict[str, str]) -> str:
+    """The PYTHONPATH that makes a spawned ipykernel start without debugpy (see _faststart/)."""
+    return os.pathsep.join(filter(None, [_FASTSTART, env.get("PYTHONPATH")]))
+
+
+class _PoolForkProvisioner(ForkProvisioner):
+    """The pool's fork provisioner: a start it cannot fork is spawned as the pool spawns (``setpriv
+    --pdeathsig``, no debugpy at start), saying why once; with ``strict`` it is refused instead."""
+
+    strict = False
+
+    async def spawn_instead(self, cmd: list[str], kwargs: dict[str, Any], why: Unservable) -> Any:
+        if self.strict:
+            raise ForkUnavailable(why.reason)
+        tell_once(log, logging.WARNING if why.failure else logging.INFO, self.kernel_spec.name, why.reason)
+        env = dict(kwargs.pop("env"))
+        env["PYTHONPATH"] = _with_faststart(env)
+        return await LocalProvisioner.launch_kernel(self, _DEATH_SIGNAL + cmd, env=env, **kwargs)
+
+
 class LocalWorkers(Workers):
     """The local kernels of one pool: their 0700 runtime directory and their one zmq context.
 
@@ -291,51 +311,47 @@ class LocalWorker(KernelWorker):
         self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self._env}
         km = self._km = self._manager()
-        if self._start_method != "spawn":
+        forking = self._start_method != "spawn"
+        if forking:
             try:
-                await self._launch_forked(km, env)
-            except (Unservable, ForkUnavailable) as exc:
-                reason = exc.reason
-                failed = isinstance(exc, ForkUnavailable) or exc.failure
-                if self._start_method == "fork":
-                    what = ("fix what stopped it, or" if failed else
-                            "start_method='fork' forks ipykernel kernelspecs on Linux only;")
-                    raise KernelStartError(
-                        self.kernel_name, f"it cannot be forked: {reason}", retryable=False,
-                        hint=f"{what} set start_method='auto' to spawn what cannot be forked (or 'spawn')",
-                    ) from None
-                tell_once(log, logging.WARNING if failed else logging.INFO, self.kernel_name, reason)
+                preload = fork_plan(km, self._preload)
+            except Unservable as exc:
+                self._cannot_fork(exc.reason)
+                tell_once(log, logging.INFO, self.kernel_name, exc.reason)
+                forking = False
+        if forking:
+            provisioner = _PoolForkProvisioner(kernel_spec=km.kernel_spec, parent=km, preload=preload)
+            provisioner.strict = self._start_method == "fork"
+            provisioner.holder = self._workers.holder
+            km.provisioner = provisioner
+            try:
+                await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log,
+                                      extra_arguments=[_MEMORY_HISTORY])
+            except ForkUnavailable as exc:
                 km.cleanup_connection_file()
-                km = self._km = self._manager()
-            else:
-                self._connect(km)
-                return
-        await self._launch_spawned(km, env)
-        self._connect(km)
-
-    async def _launch_forked(self, km: _PooledKernelManager, env: dict[str, str]) -> None:
-        """Fork the kernel from its template; Unservable/ForkUnavailable (before any kernel runs) if it cannot be."""
-        provisioner = ForkProvisioner(kernel_spec=km.kernel_spec, parent=km, preload=fork_plan(km, self._preload))
-        provisioner.fallback = False  # a start that cannot be forked is spawned here, with our launcher
-        provisioner.holder = self._workers.holder
-        km.provisioner = provisioner
-        await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log,
-                              extra_arguments=[_MEMORY_HISTORY])
-        self._ipykernel = True
-        self._pid = provisioner.pid
-        self._watch_exit()
-
-    async def _launch_spawned(self, km: _PooledKernelManager, env: dict[str, str]) -> None:
-        if _provisioner_of(km)[0] == _FORK_PROVISIONER:  # a spawn is jupyter_client's own local launch
-            km.provisioner = LocalProvisioner(kernel_spec=km.kernel_spec, parent=km)
-        extra = []
-        self._ipykernel = km.ipykernel
-        if km.ipykernel:
-            extra = [_MEMORY_HISTORY]
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_FASTSTART, env.get("PYTHONPATH")]))
-        await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra)
+                self._cannot_fork(exc.reason, failed=True)
+            self._ipykernel = True
+        else:
+            if _provisioner_of(km)[0] == _FORK_PROVISIONER:  # a spawn is jupyter_client's own local launch
+                km.provisioner = LocalProvisioner(kernel_spec=km.kernel_spec, parent=km)
+            extra = []
+            self._ipykernel = km.ipykernel
+            if km.ipykernel:
+                extra = [_MEMORY_HISTORY]
+                env["PYTHONPATH"] = _with_faststart(env)
+            await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra)
         self._pid = getattr(km.provisioner, "pid", None)
         self._watch_exit()
+        self._connect(km)
+
+    def _cannot_fork(self, reason: str, failed: bool = False) -> None:
+        """With start_method='fork', a start that cannot be forked is an error no retry cures."""
+        if self._start_method == "fork":
+            what = "fix what stopped it, or" if failed else "start_method='fork' forks ipykernel kernelspecs on Linux only;"
+            raise KernelStartError(
+                self.kernel_name, f"it cannot be forked: {reason}", retryable=False,
+                hint=f"{what} set start_method='auto' to spawn what cannot be forked (or 'spawn')",
+            )
 
     def _connect(self, km: _PooledKernelManager) -> None:
         """Open the reader's own shell and iopub sockets and put them on the loop."""
