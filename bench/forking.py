@@ -116,17 +116,18 @@ async def preloaded(reps: int, warmup: int, n: int) -> tuple[dict[str, list[floa
     async with AsyncKernelPool(start_method="fork", preload=["numpy", "pandas"], max_kernels=n, min_idle=1) as fork, \
             AsyncKernelPool(start_method="spawn", max_kernels=n, min_idle=1) as spawn:
 
-        async def cell(pool: AsyncKernelPool, label: str) -> Parts:
+        async def cell(pool: AsyncKernelPool, label: str, code: str = "import numpy, pandas") -> Parts:
             await pool.wait_ready(timeout=120)
             session = f"p{next(names)}"
             async with pool.checkout(session) as lease:
                 t0 = time.perf_counter()
-                await lease.execute("import numpy, pandas")
+                await lease.execute(code)
                 elapsed = time.perf_counter() - t0
             await pool.release(session)
             return Parts({label: elapsed})
 
         samples = await interleaved({"fork": lambda: cell(fork, "fork + preload: import numpy, pandas"),
+                                     "fork pass": lambda: cell(fork, "fork + preload: pass", "pass"),
                                      "spawn": lambda: cell(spawn, "spawn: import numpy, pandas")}, reps, warmup)
         mems: dict[str, list[dict[str, int]]] = {}
         for label, pool in (("fork + preload", fork), ("spawn", spawn)):
@@ -144,15 +145,18 @@ def notebooks(n: int, reps: int) -> dict[str, list[float]]:
     src, out = scratch / "nbs", scratch / "out"
     batch.write_notebooks(src, n)
     everything = batch.commands(src, out)
+    one = scratch / "one"
+    batch.write_notebooks(one, 1)
     variants = {
         "papermill serial": everything["papermill serial"],
         "sessionpool run -j 4 (fork)": everything["sessionpool -j 4"],
+        "sessionpool run (fork), 1 notebook": [sys.executable, "-m", "jupyter_sessionpool", "run", str(one), "-q"],
         "sessionpool run -j 4 (spawn)": [sys.executable, *SPAWN_ONLY, "run", str(src), "-o", str(out), "-j", "4", "-q"],
     }
     walls: dict[str, list[float]] = {}
     names = list(variants)
     for r in range(reps):
-        for name in names[r % 3:] + names[:r % 3]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             print(f"  {n} notebooks: {name}", flush=True)
             wall, _, ok, _ = batch.run_one(variants[name], out)
             walls.setdefault(name, []).append(wall if ok else float("inf"))
@@ -193,9 +197,12 @@ async def measure(quick: bool) -> Section:
                    for label in mems])
     best = {name: min(walls) for name, walls in nb.items()}
     serial = best["papermill serial"]
+    fixed = best.pop("sessionpool run (fork), 1 notebook")
     section.table(["runner", f"{p['nbs']} notebooks, s (best)", "vs papermill serial"],
-                  [[name, f"{wall:.2f}", f"{serial / wall:.2f}x"] for name, wall in best.items()])
+                  [[name, f"{wall:.2f}", f"{serial / wall:.2f}x"] for name, wall in best.items()]
+                  + [["sessionpool run (fork), 1 notebook", f"{fixed:.2f}", ""]])
     cell = Stats.of(cells["fork + preload: import numpy, pandas"]).p50
+    first_pass = Stats.of(cells["fork + preload: pass"]).p50
     section.targets += [
         Target("first result, min_idle=0: fork / spawn wall (p50)", p50["fork wall"] / p50["spawn wall"], 0.25, "x"),
         Target("first result, min_idle=0: fork / spawn CPU of pool + kernel (p50)", p50["fork CPU"] / p50["spawn CPU"],
@@ -211,12 +218,19 @@ async def measure(quick: bool) -> Section:
                why_missed=f"the 100 starts cost {ready_cpu:.1f} CPU-seconds (each kernel's own initialize() and "
                f"start-up cell, the pool's health check): {ready_cpu / 2:.1f} s on two idle cores at best, and the "
                "machine's other tenants took part of them"),
-        Target("fresh kernel's `import numpy, pandas` cell, preloaded (p50)", cell * 1000, 5, "ms"),
+        Target("fresh kernel's `import numpy, pandas` cell, preloaded (p50)", cell * 1000, 5, "ms",
+               why_missed=f"the import is a dictionary lookup; what remains is a fresh kernel's first cell: a `pass` "
+               f"in its place took {first_pass * 1000:.2f} ms (p50) in the same run"),
         Target("Pss of an idle forked kernel / a spawned one's (numpy + pandas)", pss["fork + preload"] / pss["spawn"],
-               0.5, "x"),
+               0.5, "x", why_missed=f"a forked kernel's own pages ({rss['fork + preload'] / 2**20:.0f} MiB resident, "
+               "of which what its initialize() allocated and the template's pages it copied as it touched their "
+               "objects' reference counts are private) count whole; the pages it shares count a fifth (4 kernels and "
+               "the template)"),
         Target(f"{p['nbs']} notebooks: `run -j 4` speed-up over papermill serial",
                serial / best["sessionpool run -j 4 (fork)"], 8, "x", higher_better=True,
-               why_missed="papermill serial's kernels start one at a time on an otherwise idle core; see the notes"),
+               why_missed=f"a `run` of one notebook took {fixed:.2f} s: the command's own start and its template's "
+               f"(interpreter, imports, the rehearsal start) are paid once per run, {fixed / best['sessionpool run -j 4 (fork)']:.0%} "
+               f"of the {p['nbs']}-notebook run"),
     ]
     section.notes.append(
         f"Spawned, a new session's first `pass` cost {p50['spawn CPU']:.3f} CPU-seconds; forked "
