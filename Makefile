@@ -49,14 +49,24 @@ $(EG_VENV)/.installed:
 	$(EG_VENV)/bin/pip install "jupyter_enterprise_gateway==3.3.0"
 	touch $@
 
+# The suite's pools fork their ipykernels (start_method="auto", the default on Linux); these
+# files, the ones whose pools start kernels in this process, run again with spawned kernels.
+SPAWN_TESTS := $(addprefix tests/,test_pool.py test_faults.py test_lifecycle.py test_cancellation.py test_worker.py \
+	test_sync.py test_provisioner.py test_security.py test_bad_input.py test_logging.py test_corpus.py test_comm.py \
+	test_magics.py test_widget.py)
+spawn_again = $(say) "The kernel-touching tests again, with spawned kernels (start_method=spawn)"; \
+	JSP_TEST_START_METHOD=spawn $(BIN)/python -m pytest -q -p no:cacheprovider $(SPAWN_TESTS)
+
 test: $(STAMP) chromium $(EG_VENV)/.installed  ## the whole suite: lint, real kernels, gateways, packaging, real JupyterLab, real Chromium
 	$(say) "Linting with ruff"
 	$(BIN)/ruff check jupyter_sessionpool tests bench examples
 	$(say) "Running the test suite (a few minutes)"
 	$(BIN)/python -m pytest
+	$(spawn_again)
 
 test-fast: $(STAMP) $(EG_VENV)/.installed  ## everything but the browser tests and the packaging build
 	$(BIN)/python -m pytest -m "not browser and not packaging"
+	$(spawn_again)
 
 lab: $(STAMP)  ## JupyterLab on examples/ with the extension, for a person to try
 	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=examples $(if $(filter 0,$(shell id -u)),--allow-root)

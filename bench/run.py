@@ -38,6 +38,8 @@ import batch  # noqa: E402
 import books  # noqa: E402
 import checkout  # noqa: E402
 import concurrency  # noqa: E402
+import forking  # noqa: E402
+import forking_lab  # noqa: E402
 import magics  # noqa: E402
 import mcp_peer  # noqa: E402
 import memory  # noqa: E402
@@ -51,14 +53,16 @@ import throughput  # noqa: E402
 import widgets  # noqa: E402
 from _common import LoadMeter, Section  # noqa: E402
 
+from jupyter_sessionpool.forking import stop_templates  # noqa: E402
+
 # In the order of the issue's list; magics (the notebook front end), then remote kernels (issue 11),
-# batch runs (issue 14), the service over HTTP and MCP against jupyter-mcp-server (issue 18), and
-# widgets relayed from sessions (issue 20).
+# batch runs (issue 14), the service over HTTP and MCP against jupyter-mcp-server (issue 18),
+# widgets relayed from sessions (issue 20) and fork-started kernels (issue 21).
 ITEMS = {
     m.__name__: m
     for m in (
         overhead, startup, checkout, concurrency, throughput, scale, books, memory, magics, remote, batch, service,
-        mcp_peer, widgets,
+        mcp_peer, widgets, forking, forking_lab,
     )
 }
 
@@ -124,6 +128,7 @@ def main() -> int:
         section.load = item_meter.read()
         sections.append(section)
         print(report.render_section(section), flush=True)
+    stop_templates()  # the fork templates of this process's pools outlive them by a minute otherwise
     left = check_cleanup()
     machine = report.machine(meter.read(), time.time() - started, args.quick)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))

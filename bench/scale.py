@@ -136,8 +136,9 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def churn(cycles: int, warm: int, width: int = 4) -> dict[str, Any]:
-    """Session create/release cycles through a pool; rate, and this process's RSS and open files over time."""
+async def churn(cycles: int, warm: int, width: int = 4, **options: Any) -> dict[str, Any]:
+    """Session create/release cycles through a pool (more pool ``options``: item 12's start_method);
+    rate, and this process's RSS and open files over time."""
     names = itertools.count()
     trace: list[tuple[int, int, int]] = []  # (cycles done, rss, open fds)
     every = max(1, cycles // 30)
@@ -162,7 +163,7 @@ async def churn(cycles: int, warm: int, width: int = 4) -> dict[str, Any]:
 
         await asyncio.gather(*(worker() for _ in range(width)))
 
-    async with AsyncKernelPool(max_kernels=width, min_idle=width) as pool:
+    async with AsyncKernelPool(max_kernels=width, min_idle=width, **options) as pool:
         await pool.wait_ready(timeout=120)
         await run(pool, warm)
         await pool.wait_ready(timeout=120)

@@ -42,6 +42,7 @@ import psutil
 
 from _common import percentile
 from jupyter_sessionpool import AsyncKernelPool, SessionLost
+from jupyter_sessionpool.forking import stop_templates
 
 HERE = Path(__file__).parent
 DOC = HERE.parent / "docs" / "reliability.md"
@@ -354,6 +355,7 @@ def main() -> int:
     if args.only is None and args.load_seconds >= 120 and args.sessions >= 1000:
         write_doc(text)
         print(f"wrote the figures into {DOC}")
+    stop_templates()  # the fork templates outlive their pools by a minute otherwise
     leftovers = ME.children(recursive=True)
     broken = figures.get("load", {}).get("unexpected_count", 0) + figures.get("load", {}).get("hung_callers", 0)
     if leftovers:

@@ -123,7 +123,8 @@ async def measure(quick: bool) -> Section:
         "2. Time to a ready kernel for a new session",
         METHOD.format(reps=reps, warmup=warmup, prespawn=reps + warmup),
     )
-    workers = LocalWorkers(SimpleNamespace(kernel_name="python3", transport="ipc", env={}, cwd=None))
+    workers = LocalWorkers(SimpleNamespace(kernel_name="python3", transport="ipc", env={}, cwd=None,
+                                           start_method="spawn", preload=[]))  # a cold start, as jupyter_client's
     await workers.open()
     names = iter(range(1_000_000))
     try:

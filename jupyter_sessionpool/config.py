@@ -15,7 +15,7 @@ import reprlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Enum, Float, HasTraits, Int, TraitError, TraitType, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, HasTraits, Int, List, TraitError, TraitType, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 from traitlets.utils.text import indent
 
@@ -162,6 +162,21 @@ class PoolSettings(LoggingConfigurable):
         help="Characters of output one cell may produce before the rest is dropped with a marker; "
         "bounds the pool's memory when a cell floods output. 0: no limit. " + _NEXT_CALLS,
     ).tag(config=True)
+    start_method = Enum(
+        ["auto", "fork", "spawn"],
+        "auto",
+        help="How local kernels start. 'fork': from a warmed template process of the kernelspec's "
+        "interpreter that has imported ipykernel, IPython and `preload` (tens of milliseconds instead of "
+        "an interpreter's start; Linux and ipykernel kernelspecs only), raising KernelStartError where "
+        "that cannot be done. 'spawn': a new interpreter per kernel, as jupyter_client starts kernels. "
+        "'auto': fork where a template can serve the start, spawn otherwise (logging why, once). " + _NEXT_KERNELS,
+    ).tag(config=True)
+    preload = List(
+        Unicode(),
+        help="Modules the fork template imports once (e.g. ['numpy', 'pandas']), so that importing them "
+        "in a fresh kernel is a dictionary lookup and their memory is shared between kernels. Forked "
+        "starts only; a change to them (an upgrade) makes a new template. " + _NEXT_KERNELS,
+    ).tag(config=True)
     transport = Enum(
         ["ipc", "tcp"],
         "ipc",
@@ -265,6 +280,13 @@ class PoolSettings(LoggingConfigurable):
     )
     def _check_seconds(self, proposal: Any) -> Any:
         return _positive_or_none(proposal.trait.name, proposal.value)
+
+    @validate("preload")
+    def _check_preload(self, proposal: Any) -> list[str]:
+        bad = [name for name in proposal.value if not all(part.isidentifier() for part in name.split("."))]
+        if bad:
+            raise TraitError(f"preload must list module names, e.g. ['numpy', 'pandas']; not {', '.join(map(repr, bad))}")
+        return proposal.value
 
     @validate("kernel_name")
     def _check_kernel_name(self, proposal: Any) -> str:

@@ -3,6 +3,12 @@
 Every process this test run starts inherits ``JSP_TEST_RUN=<id>``; when the session ends,
 any process still carrying it (a kernel, a lab server, a helper script) is reported as an
 orphan, killed, and fails the run.
+
+``JSP_TEST_START_METHOD=spawn`` (or ``fork``) runs every pool of this process with that
+``start_method`` (default: the pools' own default, ``auto``, which forks ipykernels on
+Linux); ``make test`` runs the kernel-touching files under both. Under ``fork``, a
+``make_pool`` pool of a kernelspec no template can serve (the purpose-built test kernels,
+another provisioner) gets ``auto``, which spawns it: ``fork`` refuses those by design.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 
 from jupyter_sessionpool import AsyncKernelPool
+from jupyter_sessionpool.config import PoolSettings
+from jupyter_sessionpool.forking import Unservable, stop_templates
+from jupyter_sessionpool.forking.engine import plan
 
 RUN_ID = uuid.uuid4().hex
 _SCRATCH = Path(tempfile.mkdtemp(prefix="jsp-test-"))
@@ -25,6 +35,10 @@ os.environ["JUPYTER_RUNTIME_DIR"] = str(_SCRATCH / "runtime")
 os.environ["IPYTHONDIR"] = str(_SCRATCH / "ipython")
 os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+START_METHOD = os.environ.get("JSP_TEST_START_METHOD")
+if START_METHOD:  # every pool made in this process, not only make_pool's
+    PoolSettings.class_traits()["start_method"].default_value = START_METHOD
 
 TEST_KERNELS = Path(__file__).parent / "kernels"
 pytest_plugins = ["commkit", "gatewaykit"]  # ``frontend`` for comm tests; ``kg``/``eg`` gateways for remote tests
@@ -62,6 +76,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def no_orphans():
     """Fail the run if any process it started outlives it."""
     yield
+    stop_templates()  # the provisioner's templates live as long as their process: this one ends here
     left = [(pid, cmd) for pid, cmd in processes_of_this_run() if "chromium" not in cmd and "chrome" not in cmd]
     for pid, _ in left:
         try:
@@ -73,12 +88,30 @@ def no_orphans():
         pytest.fail(f"{len(left)} process(es) outlived the test run:\n{listing}", pytrace=False)
 
 
+def forkable(kernel_name: str) -> bool:
+    """Whether a fork template can serve the kernelspec: an ipykernel's argv, launched by no other provisioner."""
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except Exception:  # missing or unreadable: the pool itself reports it
+        return True
+    provisioner = (spec.metadata.get("kernel_provisioner") or {}).get("provisioner_name")
+    if provisioner not in (None, "local-provisioner", "sessionpool-fork"):
+        return False
+    try:
+        plan(spec.argv, "{connection_file}", {})
+    except Unservable:
+        return False
+    return True
+
+
 @pytest.fixture
 async def make_pool():
     """Build pools that are always shut down, even when the test fails."""
     pools: list[AsyncKernelPool] = []
 
     async def make(**kwargs) -> AsyncKernelPool:
+        if START_METHOD == "fork" and not forkable(kwargs.get("kernel_name", "python3")):
+            kwargs.setdefault("start_method", "auto")
         pool = AsyncKernelPool(**kwargs)
         pools.append(pool)
         return await pool.start()

@@ -36,6 +36,8 @@ BAD_OPTIONS = [
     ({"kernel_name": ""}, TraitError, "kernel_name must name a kernelspec"),
     ({"max_kernel": 4}, TypeError, "unknown option.*max_kernel; the settings are:.*max_kernels"),
     ({"transport": "udp"}, TraitError, "transport"),
+    ({"start_method": "thread"}, TraitError, "start_method"),
+    ({"preload": ["numpy pandas"]}, TraitError, "preload must list module names"),
 ]
 
 

@@ -61,7 +61,19 @@ def notebook(path: Path, *cells: str | tuple[str, list[str]], markdown_first: bo
 
 
 def kernels_of_this_process() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    """This process's kernels: spawned ones (ipykernel on their command line) and forked ones (a fork
+    template's children, which show the template's command line)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(p.cmdline()) or _FORK_TEMPLATE in " ".join(p.parent().cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+_FORK_TEMPLATE = "jupyter_sessionpool/forking/template.py"
 
 
 # ---- the reference: papermill ---------------------------------------------------------------------

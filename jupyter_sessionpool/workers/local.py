@@ -9,6 +9,11 @@ that signalled until it is empty, looks at the shell socket again after every se
 :class:`~.base.Router` per loop callback before yielding: no future or task per message.
 Death is noticed the moment the process ends (a pidfd on the loop), or by polling where
 the system refuses pidfds.
+
+``start_method`` picks the launch: a fork from a warmed template of the kernelspec's
+interpreter (:mod:`jupyter_sessionpool.forking`, the ``sessionpool-fork`` provisioner), or
+a spawn through jupyter_client's local provisioner. Either way the kernel gets the same
+arguments, environment, working directory and log, and dies with the pool.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +36,12 @@ import zmq
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
-from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 from jupyter_client.session import Session
 
 from ..errors import KernelStartError, ProtocolError
+from ..forking.engine import TEMPLATES, ForkedProcess, Unservable, plan
+from ..forking.provisioner import ForkProvisioner, ForkUnavailable, tell_once
 from .base import KernelExited, KernelWorker, Message, Request, Router, Workers
 
 # Kill the kernel if the process that launched it dies, even by SIGKILL: the kernel gets
@@ -54,6 +62,9 @@ _RECONNECT_MS = 10
 _BATCH = 64  # messages handed to the router per loop callback before yielding to other work ...
 _BATCH_BYTES = 256 << 10  # ... or this many bytes of them (a flood of 1 MB writes must not hog the loop)
 _POLL_INTERVAL = 0.5  # seconds between liveness polls where no pidfd is available
+_EXIT_REPORT_WAIT = 1.0  # seconds a forked kernel's death waits for its template's report of the exit code
+_FORK_PROVISIONER, _LOCAL_PROVISIONER = "sessionpool-fork", "local-provisioner"
+_MEMORY_HISTORY = "--HistoryManager.hist_file=:memory:"  # parallel kernels never lock one history file
 
 log = logging.getLogger("jupyter_sessionpool")
 
@@ -92,13 +103,61 @@ def reap_runtime_dirs() -> None:
 
 
 class _PooledKernelManager(AsyncKernelManager):
-    """An AsyncKernelManager whose local kernels die with the process that started them."""
+    """An AsyncKernelManager whose local kernels die with the process that started them.
+
+    A spawned kernel gets ``setpriv --pdeathsig``; a forked one dies with its template,
+    which dies with this process.
+    """
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         cmd = super().format_kernel_cmd(extra_arguments)
-        if isinstance(self.provisioner, LocalProvisioner):
+        if isinstance(self.provisioner, LocalProvisioner) and not isinstance(self.provisioner, ForkProvisioner):
             return _DEATH_SIGNAL + cmd
         return cmd
+
+
+def _provisioner_of(km: AsyncKernelManager) -> tuple[str, dict[str, Any]]:
+    """The provisioner jupyter_client would launch ``km``'s kernelspec with, and its config.
+
+    The kernelspec's own (``metadata.kernel_provisioner``), else the configured default.
+    """
+    stanza = km.kernel_spec.metadata.get("kernel_provisioner") or {}
+    if "provisioner_name" in stanza:
+        return stanza["provisioner_name"], stanza.get("config") or {}
+    return KernelProvisionerFactory.instance(parent=km.parent).default_provisioner_name, {}
+
+
+def fork_plan(km: AsyncKernelManager, preload: list[str]) -> list[str]:
+    """The ``preload`` list a forked start of ``km``'s kernelspec would use; Unservable if it cannot be forked.
+
+    Checks what can be known before launching: the system, the kernelspec's provisioner and
+    its argv. (A template that fails to start is found out at launch.)
+    """
+    name, config = _provisioner_of(km)
+    if name not in (_LOCAL_PROVISIONER, _FORK_PROVISIONER):
+        raise Unservable(f"it is launched by the kernel provisioner {name!r}")
+    plan(km.kernel_spec.argv, "{connection_file}", {})
+    return list(dict.fromkeys([*config.get("preload", []), *preload]))
+
+
+def _with_faststart(env: dict[str, str]) -> str:
+    """The PYTHONPATH that makes a spawned ipykernel start without debugpy (see _faststart/)."""
+    return os.pathsep.join(filter(None, [_FASTSTART, env.get("PYTHONPATH")]))
+
+
+class _PoolForkProvisioner(ForkProvisioner):
+    """The pool's fork provisioner: a start it cannot fork is spawned as the pool spawns (``setpriv
+    --pdeathsig``, no debugpy at start), saying why once; with ``strict`` it is refused instead."""
+
+    strict = False
+
+    async def spawn_instead(self, cmd: list[str], kwargs: dict[str, Any], why: Unservable) -> Any:
+        if self.strict:
+            raise ForkUnavailable(why.reason)
+        tell_once(log, logging.WARNING if why.failure else logging.INFO, self.kernel_spec.name, why.reason)
+        env = dict(kwargs.pop("env"))
+        env["PYTHONPATH"] = _with_faststart(env)
+        return await LocalProvisioner.launch_kernel(self, _DEATH_SIGNAL + cmd, env=env, **kwargs)
 
 
 class LocalWorkers(Workers):
@@ -119,6 +178,9 @@ class LocalWorkers(Workers):
         self.async_context: zmq.asyncio.Context | None = None
         self.context: zmq.Context[Any] | None = None
         self._remove_dir: Any = None
+        # What holds the fork templates these kernels use, until close() (or this object is dropped).
+        self.holder = object()
+        self._release_templates = weakref.finalize(self, TEMPLATES.release, self.holder)
 
     async def open(self) -> None:
         reap_runtime_dirs()
@@ -132,6 +194,7 @@ class LocalWorkers(Workers):
         return LocalWorker(self, kernel_id)
 
     async def close(self) -> None:
+        self._release_templates()
         if self.async_context is not None:
             self.async_context.destroy(linger=0)
         if self._remove_dir is not None:
@@ -154,6 +217,9 @@ class LocalWorker(KernelWorker):
         self._transport: str = settings.transport
         self._env = {str(k): str(v) for k, v in settings.env.items()}
         self._cwd: str | None = settings.cwd
+        self._start_method: str = settings.start_method
+        self._preload: list[str] = list(settings.preload)
+        self._ipykernel = False  # known once launched: what gets the pool's start-up cell
         self._loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[str] = self._loop.create_future()
         self._log_path = workers.dir / f"{kernel_id}.log"
@@ -219,6 +285,9 @@ class LocalWorker(KernelWorker):
         except asyncio.CancelledError:
             await self.stop(0, now=True)
             raise
+        except KernelStartError:
+            await self.stop(0, now=True)
+            raise
         except Exception as exc:
             reason = self._failure_reason(exc)
             stderr = self.evidence()
@@ -227,7 +296,7 @@ class LocalWorker(KernelWorker):
         self._started_at = time.monotonic()
         log.info("kernel %s started (pid %s) in %.2f s", self.kernel_id, self._pid, self._started_at - t0)
 
-    async def _launch(self) -> None:
+    def _manager(self) -> _PooledKernelManager:
         km = _PooledKernelManager(
             kernel_name=self.kernel_name,
             context=self._workers.async_context,
@@ -236,17 +305,53 @@ class LocalWorker(KernelWorker):
         )
         if self._transport == "ipc":
             km.ip = str(self._workers.dir / self.kernel_id)  # a unique socket path per kernel: no collisions
-        self._km = km
+        return km
+
+    async def _launch(self) -> None:
         self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self._env}
-        extra = []
-        if km.ipykernel:
-            extra = ["--HistoryManager.hist_file=:memory:"]
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_FASTSTART, env.get("PYTHONPATH")]))
-        await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra)
+        km = self._km = self._manager()
+        forking = self._start_method != "spawn"
+        if forking:
+            try:
+                preload = fork_plan(km, self._preload)
+            except Unservable as exc:
+                self._cannot_fork(exc.reason)
+                tell_once(log, logging.INFO, self.kernel_name, exc.reason)
+                forking = False
+        if forking:
+            provisioner = _PoolForkProvisioner(kernel_spec=km.kernel_spec, parent=km, preload=preload)
+            provisioner.strict = self._start_method == "fork"
+            provisioner.holder = self._workers.holder
+            km.provisioner = provisioner
+            try:
+                await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log,
+                                      extra_arguments=[_MEMORY_HISTORY])
+            except ForkUnavailable as exc:
+                km.cleanup_connection_file()
+                self._cannot_fork(exc.reason, failed=True)
+            self._ipykernel = True
+        else:
+            if _provisioner_of(km)[0] == _FORK_PROVISIONER:  # a spawn is jupyter_client's own local launch
+                km.provisioner = LocalProvisioner(kernel_spec=km.kernel_spec, parent=km)
+            extra = []
+            self._ipykernel = km.ipykernel
+            if km.ipykernel:
+                extra = [_MEMORY_HISTORY]
+                env["PYTHONPATH"] = _with_faststart(env)
+            await km.start_kernel(env=env, cwd=self._cwd, stdout=self._log, stderr=self._log, extra_arguments=extra)
         self._pid = getattr(km.provisioner, "pid", None)
         self._watch_exit()
         self._connect(km)
+
+    def _cannot_fork(self, reason: str, failed: bool = False) -> None:
+        """With start_method='fork', a start that cannot be forked is an error no retry cures."""
+        if self._start_method == "fork":
+            what = "fix what stopped it, or" if failed else "start_method='fork' forks ipykernel kernelspecs on Linux only;"
+            raise KernelStartError(
+                self.kernel_name, f"it cannot be forked: {reason}", retryable=False,
+                hint=f"{what} set start_method='auto' to spawn what cannot be forked (or 'spawn')",
+            )
 
     def _connect(self, km: _PooledKernelManager) -> None:
         """Open the reader's own shell and iopub sockets and put them on the loop."""
@@ -284,7 +389,7 @@ class LocalWorker(KernelWorker):
             finally:
                 request.close()
             if replied and self._iopub_seen:  # that iopub message may have answered an earlier request
-                if self._km.ipykernel:
+                if self._ipykernel:
                     await self.prepare(deadline)
                 return
             if time.monotonic() >= deadline:
@@ -395,6 +500,12 @@ class LocalWorker(KernelWorker):
 
     def _on_pidfd(self) -> None:
         self._close_pidfd()
+        process = getattr(self._km.provisioner, "process", None) if self._km else None
+        if isinstance(process, ForkedProcess) and process.poll() is None:
+            # a forked kernel is its template's child: its exit code comes in the template's report
+            self._loop.call_later(_EXIT_REPORT_WAIT, self._mark_exited)
+            process.exit_code.add_done_callback(functools.partial(_call_soon, self._loop, self._mark_exited))
+            return
         self._mark_exited()
 
     def _close_pidfd(self) -> None:
@@ -469,6 +580,14 @@ class LocalWorker(KernelWorker):
             self._log_path.unlink(missing_ok=True)
             if self._started_at is not None:
                 log.info("kernel %s stopped after %.1f s", self.kernel_id, time.monotonic() - self._started_at)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *_: Any) -> None:
+    """Run ``callback`` on ``loop`` from any thread, unless the loop has closed."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass
 
 
 class _AnnouncingSession(Session):

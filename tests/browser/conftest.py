@@ -53,6 +53,7 @@ class JupyterServer:
         self.root = root
         self.log_path = home / f"{app}.log"
         self.ipython_dir = home / "ipython"
+        self.prefix = home / "prefix"  # kernelspecs a test installs with prefix=server.prefix are the server's
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = home / "settings"
@@ -67,6 +68,8 @@ class JupyterServer:
             "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
             "IPYTHONDIR": str(self.ipython_dir),  # kernels get a profile of their own, never ~/.ipython
+            "JUPYTER_PATH": os.pathsep.join(filter(None, [str(self.prefix / "share" / "jupyter"),
+                                                          os.environ.get("JUPYTER_PATH")])),
         }
         command = [
             str(Path(sys.executable).with_name(f"jupyter-{app}")),

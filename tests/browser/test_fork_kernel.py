@@ -1,0 +1,47 @@
+"""A real JupyterLab starts a forked kernel for a new notebook on a kernelspec installed by
+``jupyter-sessionpool kernelspec install``: the kernel is idle in the UI, runs cells, is the
+child of a sessionpool-fork template, and restarts through the UI as any kernel does."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from jupyter_sessionpool.forking.kernelspec import install_kernelspec
+
+from .conftest import JupyterServer
+from .helpers import output, run_cell, wait_app, wait_kernel_idle
+
+pytestmark = pytest.mark.browser
+
+FORKED = (
+    "import os\n"
+    "parent = open(f'/proc/{os.getppid()}/cmdline', 'rb').read().decode()\n"
+    "print('forked' if 'jupyter_sessionpool/forking/template.py' in parent else 'spawned', os.getpid())"
+)
+
+
+@pytest.mark.parametrize("server", ["lab"], indirect=True)
+def test_a_new_notebook_on_the_fork_kernelspec_gets_a_forked_kernel(page: Page, server: JupyterServer,
+                                                                    console_errors: list[str]) -> None:
+    install_kernelspec("python3-fast", display_name="Python 3 (fast start)", prefix=str(server.prefix))
+    page.goto(f"{server.url}/lab?reset")
+    wait_app(page)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:create-new', {kernelName: 'python3-fast'})"
+                  ".then(() => null)")
+    wait_kernel_idle(page, server)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (fast start)")
+    page.evaluate("code => window.jupyterapp.shell.currentWidget.content.activeCell.model.sharedModel.setSource(code)",
+                  FORKED)
+    run_cell(page, 0)
+    expect(output(page, 0)).to_contain_text("forked", timeout=30_000)
+    first = output(page, 0).inner_text().split()[-1]
+
+    # a restart from the UI: a new forked kernel, idle again
+    page.evaluate("() => { window.jupyterapp.commands.execute('kernelmenu:restart'); }")  # resolves after the dialog
+    page.get_by_role("button", name="Confirm Kernel Restart").click()
+    wait_kernel_idle(page, server)
+    run_cell(page, 0)
+    expect(output(page, 0)).to_contain_text("forked", timeout=30_000)
+    assert output(page, 0).inner_text().split()[-1] != first
+    assert not console_errors, console_errors
