@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+import psutil
 
 from jupyter_sessionpool import AsyncKernelPool
+
+_FORK_TEMPLATE = "jupyter_sessionpool/forking/template.py"
+
+
+def kernels_below(pid: int | None = None) -> list[psutil.Process]:
+    """The kernels among ``pid``'s descendants (default: this process's): spawned ones (ipykernel on
+    their command line) and forked ones (a fork template's children, which show its command line)."""
+    try:
+        below = psutil.Process(pid or os.getpid()).children(recursive=True)
+    except psutil.NoSuchProcess:  # gone: what it left behind is the orphan check's (tests/conftest.py)
+        return []
+    found = []
+    for p in below:
+        try:
+            if "ipykernel" in " ".join(p.cmdline()) or _FORK_TEMPLATE in " ".join(p.parent().cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def until(pool: AsyncKernelPool, predicate) -> asyncio.Future:

@@ -22,6 +22,7 @@ import nbformat
 import psutil
 import pytest
 
+from poolkit import kernels_below
 from widgetkit import WIDGET_STATE, widget_models
 
 from jupyter_sessionpool import __version__
@@ -61,19 +62,7 @@ def notebook(path: Path, *cells: str | tuple[str, list[str]], markdown_first: bo
 
 
 def kernels_of_this_process() -> list[psutil.Process]:
-    """This process's kernels: spawned ones (ipykernel on their command line) and forked ones (a fork
-    template's children, which show the template's command line)."""
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "ipykernel" in " ".join(p.cmdline()) or _FORK_TEMPLATE in " ".join(p.parent().cmdline()):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-_FORK_TEMPLATE = "jupyter_sessionpool/forking/template.py"
+    return kernels_below()
 
 
 # ---- the reference: papermill ---------------------------------------------------------------------

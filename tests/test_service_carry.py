@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gatewaykit import wait_until
+from poolkit import kernels_below, until
 from servicekit import JupyterServer, Service, write_test_kernelspecs
 from traitlets.config import Config
 
@@ -28,21 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def kernels_of(pid: int) -> list[int]:
-    """Kernel processes (ipykernel) whose parent is ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, ValueError):
-            continue
-        if ppid == pid and b"ipykernel" in cmd:
-            found.append(int(entry))
-    return found
+    """Kernel processes (spawned, or forked by a template) below ``pid``."""
+    return [p.pid for p in kernels_below(pid)]
 
 
 async def test_inside_jupyterlab_the_extension_starts_no_kernel_until_used_and_the_panel_stays(tmp_path):
@@ -110,10 +98,11 @@ async def test_a_kernel_of_another_language_runs_in_its_session_directory(tmp_pa
 
 
 async def test_a_cancelled_session_start_leaves_nothing(tmp_path):
-    service = await SessionService({"max_kernels": 1}, root_dir=tmp_path / "sessions").start()
+    # a spawned start (~0.3 s or more) leaves time to cancel it; a forked one may be done first
+    service = await SessionService({"max_kernels": 1, "start_method": "spawn"}, root_dir=tmp_path / "sessions").start()
     try:
         opening = asyncio.ensure_future(service.open("early"))
-        await wait_until(lambda: any(k.state == "starting" for k in service.pool.stats().kernels), 30, "a kernel start")
+        await asyncio.wait_for(until(service.pool, lambda s: any(k.state == "starting" for k in s.kernels)), 30)
         opening.cancel()
         with pytest.raises(asyncio.CancelledError):
             await opening

@@ -16,6 +16,7 @@ from forkkit import templates
 from poolkit import assert_prepared, started_marker, until
 
 from jupyter_sessionpool import KernelDied, KernelStartError, SessionLost
+from jupyter_sessionpool.forking import provisioner
 
 
 def parent(pid: int) -> int:
@@ -47,7 +48,8 @@ async def test_spawn_is_jupyter_clients_own_start(make_pool):
     assert (await pool.execute("'debugpy' in __import__('sys').modules", session="a")).result == "False"
 
 
-async def test_auto_spawns_what_it_cannot_fork_and_says_why_once(make_pool, kernel_dir, caplog):
+async def test_auto_spawns_what_it_cannot_fork_and_says_why_once(make_pool, kernel_dir, caplog, monkeypatch):
+    monkeypatch.setattr(provisioner, "_told", set())  # once per process: an earlier test may have been told
     caplog.set_level(logging.INFO, "jupyter_sessionpool")
     pool = await make_pool(kernel_name="scripted", start_method="auto", max_kernels=2)
     for session in ("a", "b"):
