@@ -57,6 +57,7 @@ class Lease:
         self._discard: str | None = None
         self._returned = False
         self._raw = False  # the holder was given the client and may have sent requests itself
+        self._first: asyncio.Future[None] | None = None  # the kernel's first cells run: prewarm starts wait
 
     @property
     def kernel_id(self) -> str:
@@ -112,13 +113,14 @@ class Lease:
         run = execution.Execution.cell(
             self._worker, code, on_output, self._pool.max_output_size, store_history, on_comm
         )
-        first = self._pool._first_cell_began() if self._slot.executions == 0 else None
+        if self._slot.executions == 0:
+            self._first = self._pool._first_cell_began()
         self._slot.executions += 1  # sent: it runs, however it ends (a timeout is a run too)
         try:
             return await self._follow(run, timeout)
         finally:
-            if first is not None:
-                self._pool._first_cell_ended(first)
+            if store_history:  # a hidden set-up cell (a session's cwd) keeps waiting for the caller's first
+                self._end_first()
 
     async def send_comm(
         self,
@@ -203,11 +205,17 @@ class Lease:
         """Interrupt the cell running on this kernel."""
         await self._worker.interrupt()
 
+    def _end_first(self) -> None:
+        if self._first is not None:
+            self._pool._first_cell_ended(self._first)
+            self._first = None
+
     def _return(self) -> None:
         """Give the kernel back (sync: runs even while the holder is being cancelled)."""
         if self._returned:
             return
         self._returned = True
+        self._end_first()
         driven = self._raw or self._worker.router.execution_state == "busy"
         if self._discard is None and (self._inflight is not None or driven):
             self._pool._recover(self._slot, self._inflight)

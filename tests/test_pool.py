@@ -307,6 +307,29 @@ async def test_a_prewarm_start_waits_for_a_new_sessions_first_cell(make_pool, lo
     assert _refill(pool.stats()).state == "idle"
 
 
+async def test_a_hidden_set_up_cell_keeps_a_prewarm_start_waiting_for_the_callers_first_cell(make_pool, long_yield):
+    """A service moves a new session's kernel into its directory with a hidden cell first
+    (``store_history=False``): the refill still waits for the caller's own first cell."""
+    pool = await make_pool(max_kernels=2, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    seen, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def on_output(out) -> None:
+        if out.get("text", "").startswith("started"):
+            loop.call_soon_threadsafe(seen.set)
+
+    async with pool.checkout("a") as lease:
+        await lease.execute("import os", store_history=False)
+        refilled = until(pool, lambda s: _refill(s).state == "idle")
+        cell = asyncio.ensure_future(lease.execute("print('started', flush=True); import time; time.sleep(2)",
+                                                   on_output=on_output))
+        await asyncio.wait_for(seen.wait(), 30)
+        assert _refill(pool.stats()).state == "starting"
+        assert (await cell).status == "ok"
+        assert not refilled.done(), "the refill started while the caller's first cell ran"
+    await asyncio.wait_for(refilled, 60)
+
+
 async def test_a_long_first_cell_holds_a_prewarm_start_back_only_briefly(make_pool):
     pool = await make_pool(max_kernels=2, min_idle=1)
     await pool.wait_ready(timeout=60)
