@@ -44,6 +44,7 @@ from ..comms import WIDGET_VIEW_MIME, CommEvent
 from ..errors import CommNotFound, PoolClosed
 from ..results import OutputCallback
 from ..sync import KernelPool
+from .routing import iopub_content
 
 log = logging.getLogger("jupyter_sessionpool")
 
@@ -261,20 +262,9 @@ class WidgetRelay:
                             ident=ident, buffers=list(buffers) or None)
 
     def _publish_output(self, out: dict[str, Any], parent: dict[str, Any]) -> None:
-        kind = out.get("output_type")
-        if kind == "stream":
-            content: dict[str, Any] = {"name": out["name"], "text": out["text"]}
-        elif kind == "error":
-            content = {"ename": out["ename"], "evalue": out["evalue"], "traceback": out["traceback"]}
-        elif kind == "clear_output":
-            content = {"wait": out["wait"]}
-        elif kind in ("display_data", "execute_result", "update_display_data"):
-            content = {"data": out["data"], "metadata": out.get("metadata", {}), "transient": out.get("transient") or {}}
-            if kind == "execute_result":
-                content["execution_count"] = out.get("execution_count")
-        else:
-            return
-        self._send(kind, content, parent)
+        content = iopub_content(out)
+        if content is not None:
+            self._send(out["output_type"], content, parent)
 
     def _note_view(self, out: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
         """``out`` (showing a relayed widget in ``cell``) with a display id, noted for the notice

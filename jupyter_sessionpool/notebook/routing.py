@@ -86,19 +86,28 @@ class _ToIOPub:
         self._session.send(self._iopub, kind, content, parent=parent or self._parent)
 
     def __call__(self, out: dict[str, Any]) -> None:
-        kind = out["output_type"]
-        if kind == "stream":
-            content: dict[str, Any] = {"name": out["name"], "text": out["text"]}
-        elif kind == "error":
-            content = {"ename": out["ename"], "evalue": out["evalue"], "traceback": out["traceback"]}
-        elif kind == "clear_output":
-            content = {"wait": out["wait"]}
-        else:  # display_data, execute_result, update_display_data
-            content = {"data": out["data"], "metadata": out.get("metadata", {}), "transient": out.get("transient", {})}
-            if kind == "execute_result":
-                # the local cell's count: the output belongs to this cell, not to the remote history
-                content["execution_count"] = self._execution_count
-        self.send(kind, content)
+        # the local cell's count on an execute_result: the output belongs to this cell, not to the remote history
+        content = iopub_content(out, self._execution_count)
+        if content is not None:
+            self.send(out["output_type"], content)
+
+
+def iopub_content(out: dict[str, Any], execution_count: int | None = None) -> dict[str, Any] | None:
+    """The IOPub message content that shows ``out`` (an output in the ``on_output`` form), or None
+    for something that is no output; an execute_result gets ``execution_count`` if given, else its own."""
+    kind = out.get("output_type")
+    if kind == "stream":
+        return {"name": out["name"], "text": out["text"]}
+    if kind == "error":
+        return {"ename": out["ename"], "evalue": out["evalue"], "traceback": out["traceback"]}
+    if kind == "clear_output":
+        return {"wait": out["wait"]}
+    if kind not in ("display_data", "execute_result", "update_display_data"):
+        return None
+    content = {"data": out["data"], "metadata": out.get("metadata", {}), "transient": out.get("transient") or {}}
+    if kind == "execute_result":
+        content["execution_count"] = out.get("execution_count") if execution_count is None else execution_count
+    return content
 
 
 class _ToShell:
