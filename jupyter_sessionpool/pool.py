@@ -57,7 +57,6 @@ class Lease:
         self._discard: str | None = None
         self._returned = False
         self._raw = False  # the holder was given the client and may have sent requests itself
-        self._first: asyncio.Future[None] | None = None  # the kernel's first cells run: prewarm starts wait
 
     @property
     def kernel_id(self) -> str:
@@ -114,13 +113,13 @@ class Lease:
             self._worker, code, on_output, self._pool.max_output_size, store_history, on_comm
         )
         if self._slot.executions == 0:
-            self._first = self._pool._first_cell_began()
+            self._pool._first_cell_began(self._slot)
         self._slot.executions += 1  # sent: it runs, however it ends (a timeout is a run too)
         try:
             return await self._follow(run, timeout)
         finally:
             if store_history:  # a hidden set-up cell (a session's cwd) keeps waiting for the caller's first
-                self._end_first()
+                self._pool._first_cell_ended(self._slot)
 
     async def send_comm(
         self,
@@ -205,17 +204,12 @@ class Lease:
         """Interrupt the cell running on this kernel."""
         await self._worker.interrupt()
 
-    def _end_first(self) -> None:
-        if self._first is not None:
-            self._pool._first_cell_ended(self._first)
-            self._first = None
-
     def _return(self) -> None:
         """Give the kernel back (sync: runs even while the holder is being cancelled)."""
         if self._returned:
             return
         self._returned = True
-        self._end_first()
+        self._pool._first_cells_pause(self._slot)
         driven = self._raw or self._worker.router.execution_state == "busy"
         if self._discard is None and (self._inflight is not None or driven):
             self._pool._recover(self._slot, self._inflight)
@@ -293,7 +287,8 @@ class AsyncKernelPool(PoolSettings):
         self._closing: asyncio.Task[None] | None = None
         self._hurried = False  # Ctrl-C during shutdown: kill kernels instead of asking them to exit
         self._kills: set[asyncio.Task[None]] = set()
-        self._first_cells: set[asyncio.Future[None]] = set()  # first executions on their kernels, running now
+        # kernels running their first cells (a hidden set-up cell, then the caller's first): prewarm starts wait
+        self._first_cells: dict[Slot, asyncio.Future[None]] = {}
         self._yielding: set[asyncio.Future[None]] = set()  # prewarm starts waiting for those to end
         self._comm_watchers: dict[str, list[CommCallback]] = {}  # session -> watch_comms callbacks
 
@@ -801,14 +796,22 @@ class AsyncKernelPool(PoolSettings):
                 slots.discard(slot)
                 self._retire_if_unused(backend)
 
-    def _first_cell_began(self) -> asyncio.Future[None]:
-        ended = self._loop.create_future()
-        self._first_cells.add(ended)
-        return ended
+    def _first_cell_began(self, slot: Slot) -> None:
+        if slot not in self._first_cells:
+            self._first_cells[slot] = self._loop.create_future()
 
-    def _first_cell_ended(self, ended: asyncio.Future[None]) -> None:
-        self._first_cells.discard(ended)
-        ended.set_result(None)
+    def _first_cells_pause(self, slot: Slot) -> None:
+        """A lease of ``slot`` that ran only hidden cells returned: its caller's first cell may come
+        with the next request (a service's PUT, then its execute), but a start waits at most one
+        ``_PREWARM_YIELD`` for it."""
+        if slot in self._first_cells:
+            self._loop.call_later(_PREWARM_YIELD, _weakly(self._first_cell_ended, slot))
+
+    def _first_cell_ended(self, slot: Slot) -> None:
+        """``slot``'s kernel ran the caller's first cell, or is gone: the prewarm starts waiting for it go on."""
+        ended = self._first_cells.pop(slot, None)
+        if ended is not None:
+            ended.set_result(None)
 
     def _end_yield(self) -> None:
         for fut in self._yielding:
@@ -825,7 +828,7 @@ class AsyncKernelPool(PoolSettings):
         released = self._loop.create_future()
         self._yielding.add(released)
         try:
-            ended = asyncio.gather(*self._first_cells)
+            ended = asyncio.gather(*self._first_cells.values())
             await asyncio.wait([ended, released], timeout=_PREWARM_YIELD, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._yielding.discard(released)
@@ -857,6 +860,7 @@ class AsyncKernelPool(PoolSettings):
                 await slot.handle.stop(self.shutdown_timeout, now=now or self._hurried)
         finally:
             self._forget(slot)
+            self._first_cell_ended(slot)
             self._apply(self._books.removed(slot))
 
     def _on_exit(self, slot: Slot) -> None:

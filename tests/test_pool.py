@@ -330,6 +330,21 @@ async def test_a_hidden_set_up_cell_keeps_a_prewarm_start_waiting_for_the_caller
     await asyncio.wait_for(refilled, 60)
 
 
+async def test_a_set_up_cell_in_its_own_checkout_keeps_a_prewarm_start_waiting_for_the_next(make_pool, long_yield):
+    """A service's PUT runs the hidden set-up cell and returns the kernel; its execute brings the
+    caller's first cell a moment later: the refill waits for that one too (but not for ever)."""
+    pool = await make_pool(max_kernels=2, min_idle=1)
+    await pool.wait_ready(timeout=60)
+    async with pool.checkout("a") as lease:
+        await lease.execute("import os", store_history=False)
+    refilled = until(pool, lambda s: _refill(s).state == "idle")
+    cell = await started_marker(pool, "print('started', flush=True); import time; time.sleep(2)", "a")
+    assert _refill(pool.stats()).state == "starting"
+    assert (await cell).status == "ok"
+    assert not refilled.done(), "the refill started while the caller's first cell ran"
+    await asyncio.wait_for(refilled, 60)
+
+
 async def test_a_long_first_cell_holds_a_prewarm_start_back_only_briefly(make_pool):
     pool = await make_pool(max_kernels=2, min_idle=1)
     await pool.wait_ready(timeout=60)
