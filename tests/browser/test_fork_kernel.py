@@ -38,8 +38,11 @@ def test_a_new_notebook_on_the_fork_kernelspec_gets_a_forked_kernel(page: Page, 
     first = output(page, 0).inner_text().split()[-1]
 
     # a restart from the UI: a new forked kernel, idle again
-    page.evaluate("() => { window.jupyterapp.commands.execute('kernelmenu:restart'); }")  # resolves after the dialog
+    # The command resolves once the restart is done (the kernel reconnected); until then the
+    # old kernel may still look idle, and a cell sent in that gap is dropped by the restart.
+    page.evaluate("() => { window.restarted = window.jupyterapp.commands.execute('kernelmenu:restart'); }")
     page.get_by_role("button", name="Confirm Kernel Restart").click()
+    page.evaluate("() => window.restarted.then(() => null)")
     wait_kernel_idle(page, server)
     run_cell(page, 0)
     expect(output(page, 0)).to_contain_text("forked", timeout=30_000)
