@@ -38,6 +38,24 @@ def test_help_and_version():
         assert flag in done.stdout
 
 
+def test_run_validates_notebooks_without_building_the_iri_grammar(tmp_path):
+    # jsonschema builds rfc3987_syntax's grammar at import (0.75 s of the command's start);
+    # nbformat's schemas check no IRI format, and validation still rejects a bad notebook.
+    script = (
+        "import sys\n"
+        "from jupyter_sessionpool.cli import main\n"
+        f"assert main(['run', {str(tmp_path / 'missing.ipynb')!r}]) == 2\n"
+        "import nbformat\n"
+        "bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')]); bad.cells[0].outputs = 'no'\n"
+        "try:\n    nbformat.validate(bad)\nexcept nbformat.ValidationError:\n    print('rejected')\n"
+        "print(sys.modules['rfc3987_syntax'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["rejected", "None"]
+
+
 def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys):
     good = notebook(tmp_path / "good.ipynb", "1")
     (tmp_path / "bad.yaml").write_text("a: [\n")
