@@ -191,6 +191,24 @@ def test_random_streams_are_each_kernels_own_numpy_included(scratch):
             kernel.stop(now=True)
 
 
+def test_a_forked_kernels_first_cell_and_shutdown_import_nothing_the_template_did_not(scratch):
+    """What a kernel imports at its first cell (IPython's logger) and at shutdown (psutil, to find
+    its children) comes from the template, as the start's own imports do: a module object made
+    after the fork is one the template's ``gc.freeze()`` did not hold."""
+    cwd, env = scratch
+    kernel = Kernel("fork", cwd=str(cwd), env=env)
+    try:
+        assert kernel.forked
+        made_here = kernel.value(
+            "import sys, gc\n"
+            "live = {id(o) for o in gc.get_objects()}\n"
+            "sorted(name for name, module in list(sys.modules.items()) if id(module) in live), 'psutil' in sys.modules"
+        )
+        assert made_here == (["__main__"], True)  # __main__: the kernel's own user namespace
+    finally:
+        kernel.stop(now=True)
+
+
 @pytest.mark.parametrize("name", ["fork", "spawn"])
 def test_interrupt_restart_shutdown_and_exit_codes_through_jupyter_client(scratch, name):
     cwd, env = scratch
