@@ -166,7 +166,7 @@ def notebooks(n: int, reps: int) -> dict[str, list[float]]:
 async def measure(quick: bool) -> Section:
     p = {"reps": 3 if quick else 16, "warmup": 1, "churn_fork": 40 if quick else 300, "churn_spawn": 12 if quick else 60,
          "n_mem": 2 if quick else 4, "nbs": 5 if quick else 20, "nb_reps": 1 if quick else 2}
-    section = Section("forking", "12. Fork-started kernels (issue 21)", METHOD.format(**p))
+    section = Section("forking", "14. Fork-started kernels (issue 21)", METHOD.format(**p))
     names = itertools.count()
     async with AsyncKernelPool(start_method="fork", max_kernels=1) as fork, \
             AsyncKernelPool(start_method="spawn", max_kernels=1) as spawn:

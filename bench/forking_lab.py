@@ -94,7 +94,7 @@ def samples(url: str, reps: int, warmup: int) -> dict[str, list[float]]:
 
 async def measure(quick: bool) -> Section:
     reps, warmup = (3, 1) if quick else (12, 2)
-    section = Section("forking_lab", "13. A new notebook in JupyterLab: forked kernel against spawned (issue 21)",
+    section = Section("forking_lab", "15. A new notebook in JupyterLab: forked kernel against spawned (issue 21)",
                       METHOD.format(reps=reps, warmup=warmup))
     home = Path(tempfile.mkdtemp(prefix="jsp-forklab-"))
     server, url = lab(home)

@@ -137,7 +137,7 @@ def rss() -> int:
 
 
 async def churn(cycles: int, warm: int, width: int = 4, **options: Any) -> dict[str, Any]:
-    """Session create/release cycles through a pool (more pool ``options``: item 12's start_method);
+    """Session create/release cycles through a pool (more pool ``options``: item 14's start_method);
     rate, and this process's RSS and open files over time."""
     names = itertools.count()
     trace: list[tuple[int, int, int]] = []  # (cycles done, rss, open fds)

@@ -81,7 +81,7 @@ def cpu_seconds(pid: int) -> float:
 
 async def measure(quick: bool) -> Section:
     reps, warmup, idle = (30, 5, 1.0) if quick else (300, 20, 5.0)
-    section = Section("widgets", "11. A slider relayed from a session's kernel to the page",
+    section = Section("widgets", "13. A slider relayed from a session's kernel to the page",
                       METHOD.format(reps=reps, warmup=warmup, values=VALUES, double=2 * VALUES, idle=idle))
     slider = "import ipywidgets as w\ns = w.IntSlider(max=10**6)\nseen = []\ns.observe(lambda c: seen.append(c.new), 'value')\n"
     async with raw_kernel("ipc") as (km, kc), AsyncKernelPool(max_kernels=1) as pool:
