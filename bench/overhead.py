@@ -48,7 +48,11 @@ PER_MESSAGE_WHY = (
     "measured by hand); the rest of the wall time is the kernel's and the two processes' wake-ups on two "
     "cores, and the ratio moves with the process: the same pair measured 0.86–0.91x in a script that imports "
     "only the pool and 0.91–0.98x once every benchmark module is imported (~880 modules, ~200k objects), "
-    "5 runs each (gc.disable() changes nothing); see the profile notes."
+    "5 runs each (gc.disable() changes nothing); see the profile notes. The ratio also moves with the "
+    "machine: the pool saves a fixed part of a round trip, a smaller share of a faster one. On the "
+    "machine of 2026-12-07 (raw ipc 3.1 ms, where the one of 2026-12-01 took 7.5 ms) the pair measured "
+    "0.909x with the code of 6b68193, which measured 0.842x in the full run of 2026-12-01, and "
+    "0.902–0.913x with the code of this run: a lean script, 1,000 interleaved rounds, 2 runs each."
 )
 IPP_WHY = (
     "ipyparallel's engine answers `apply` without IPython's cell machinery (no `run_cell`, no "
