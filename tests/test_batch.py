@@ -471,7 +471,21 @@ def without_model_ids(path: Path) -> list[dict]:
 
 _PAPERMILL_IPC = """
 import sys, papermill
+from queue import Empty
+from jupyter_client.channels import AsyncZMQSocketChannel
 from traitlets.config import Config
+
+_get_msg = AsyncZMQSocketChannel.get_msg
+
+async def get_msg(self, timeout=None):
+    while timeout is None:  # a wait for good, in slices: each asks the socket again
+        try:
+            return await _get_msg(self, 1.0)
+        except Empty:
+            continue
+    return await _get_msg(self, timeout)
+
+AsyncZMQSocketChannel.get_msg = get_msg
 papermill.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", cwd=sys.argv[3], progress_bar=False,
                            config=Config({"KernelManager": {"transport": "ipc"}}))
 """
@@ -481,9 +495,13 @@ def papermill_with_widgets(source: Path, target: Path, attempts: int = 3) -> Non
     """papermill's run of a widget notebook, as python3 (Output.ipynb names no kernelspec).
 
     Its kernel listens on ipc sockets: on tcp, a port taken meanwhile by another run's kernel
-    on this shared machine killed it now and then. And papermill 2.7 / nbclient 0.11 sometimes
-    never end a notebook whose Output widgets capture (its kernel idle, nbclient waiting on;
-    ~1 run in 8 on a loaded machine): a run that has not ended in 60 s is made again.
+    on this shared machine killed it now and then. And on a busy machine nbclient 0.11 waited
+    for good on an execute_reply that had arrived (the kernel had run the cell and was idle):
+    jupyter_client's asyncio ``get_msg`` without a timeout polls the socket once, and that poll
+    missed the message (nbclient#312 is the same hang). With both cores busy, every run of
+    Output.ipynb hung so (16 of 16 here, beside the suite or four busy loops); waiting in
+    one-second slices, which poll the socket afresh, none did (5 of 5). The rest of the run is
+    papermill's own. A run that has not ended in 60 s is still made again.
     """
     args = [sys.executable, "-c", _PAPERMILL_IPC, str(source), str(target), str(source.parent)]
     for attempt in range(attempts):
