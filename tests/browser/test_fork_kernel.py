@@ -14,6 +14,8 @@ from .helpers import output, run_cell, wait_app, wait_kernel_idle
 
 pytestmark = pytest.mark.browser
 
+RESTART_CANCELLED_DEBUG_REQUEST = "Could not restore the debugger state: Canceled future for debug_request"
+
 FORKED = (
     "import os\n"
     "parent = open(f'/proc/{os.getppid()}/cmdline', 'rb').read().decode()\n"
@@ -47,4 +49,7 @@ def test_a_new_notebook_on_the_fork_kernelspec_gets_a_forked_kernel(page: Page, 
     run_cell(page, 0)
     expect(output(page, 0)).to_contain_text("forked", timeout=30_000)
     assert output(page, 0).inner_text().split()[-1] != first
-    assert not console_errors, console_errors
+    # The restart this test asks for cancels whatever the debugger sidebar still awaits from the
+    # old kernel (its state restore after the kernel change): JupyterLab logs that as an error.
+    ours = [e for e in console_errors if not e.startswith(RESTART_CANCELLED_DEBUG_REQUEST)]
+    assert not ours, ours
