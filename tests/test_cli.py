@@ -160,8 +160,15 @@ def test_ctrl_c_writes_what_ran_and_leaves_no_kernel(tmp_path):
     notebook(src / "c.ipynb", "print('c never starts: -j 2')")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([*COMMAND, "run", str(src), "-j", "2", "-o", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The command gets SIGINT as a terminal's Ctrl-C sends it, whatever this process inherited: one
+    # started in the background of a non-interactive shell (`nohup make test &`) ignores SIGINT, and
+    # so would the command, for which a Ctrl-C would then never come.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([*COMMAND, "run", str(src), "-j", "2", "-o", str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if inherited is None else inherited)
     try:
         deadline = time.monotonic() + 90
         markers = [tmp_path / "a.pid", tmp_path / "b.pid"]
