@@ -440,15 +440,24 @@ def _pid_or_none(gw: Gateway, remote_id: str) -> int | None:
 async def test_rest_restart_with_the_websocket_connected_is_noticed_within_3s(gateway, remote):
     """A REST restart (``POST /api/kernels/{id}/restart``) was missed in 3 of 3 runs: the next execute ran
     on the fresh kernel. The old kernel's iopub shutdown_reply now ends the worker at once: a caller
-    mid-cell gets KernelDied within 3 s, and the next call of a session restarted while idle SessionLost."""
+    mid-cell gets KernelDied within 3 s, and the next call of a session restarted while idle SessionLost.
+
+    The old kernel may still answer its running cell, cut short by its own shutdown, and the gateway
+    may forward that shell reply before the iopub shutdown_reply (two zmq sockets, one websocket):
+    seen once in four runs on Enterprise Gateway. That answer is the old kernel's own, so it is
+    returned, never as a success; the session's next call is SessionLost all the same."""
     pool = await remote(gateway, max_kernels=2)
     await pool.execute("x = 1", session="idle")
     cell = await started_marker(pool, SLEEPER, "busy")
     remote_ids = {s: pool._books.bound[s].handle.remote_id for s in ("idle", "busy")}
     t0 = time.monotonic()
     busy = asyncio.ensure_future(asyncio.to_thread(gateway.call, f"/api/kernels/{remote_ids['busy']}/restart", "POST"))
-    with pytest.raises(KernelDied):
-        await asyncio.wait_for(cell, 30)
+    try:
+        cut_short = await asyncio.wait_for(cell, 30)
+    except KernelDied:
+        pass
+    else:
+        assert cut_short.status != "ok", cut_short
     assert time.monotonic() - t0 < 3, f"the restart was noticed after {time.monotonic() - t0:.2f} s"
     await asyncio.to_thread(gateway.call, f"/api/kernels/{remote_ids['idle']}/restart", "POST")
     with pytest.raises(SessionLost):  # the very next call, as the issue's runs made it
