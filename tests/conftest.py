@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import slicedpoll
 from jupyter_client.kernelspec import KernelSpecManager
 
 from jupyter_sessionpool import AsyncKernelPool
@@ -35,6 +36,8 @@ os.environ["JUPYTER_RUNTIME_DIR"] = str(_SCRATCH / "runtime")
 os.environ["IPYTHONDIR"] = str(_SCRATCH / "ipython")
 os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+slicedpoll.install()  # the reference runs (nbclient, papermill) in this process wait in slices
 
 START_METHOD = os.environ.get("JSP_TEST_START_METHOD")
 if START_METHOD:  # every pool made in this process, not only make_pool's

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from poolkit import kernels_below
+from slicedpoll import PRELUDE
 from widgetkit import WIDGET_STATE, widget_models
 
 from jupyter_sessionpool import __version__
@@ -109,8 +110,11 @@ def comparable(path: Path) -> dict:
 
 
 def papermill(source: Path, target: Path, args: list[str]) -> int:
-    """papermill's own command on one notebook; its exit status (1 when the notebook fails, 138 when its kernel died)."""
-    cmd = [sys.executable, "-m", "papermill", str(source), str(target), "--cwd", str(source.parent),
+    """papermill's own command on one notebook; its exit status (1 when the notebook fails, 138 when its kernel died).
+
+    Its waits are made in slices (tests/slicedpoll.py says why).
+    """
+    cmd = [sys.executable, "-c", PRELUDE + "; from papermill.cli import papermill; papermill()", str(source), str(target), "--cwd", str(source.parent),
            "--no-progress-bar", *args]
     target.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=240).returncode
@@ -469,23 +473,10 @@ def without_model_ids(path: Path) -> list[dict]:
     return json.loads(re.sub(r"'model_id': '[0-9a-f]{32}'", "'model_id': '…'", json.dumps(comparable(path)["cells"])))
 
 
-_PAPERMILL_IPC = """
-import sys, papermill
-from queue import Empty
-from jupyter_client.channels import AsyncZMQSocketChannel
+_PAPERMILL_IPC = PRELUDE + """
+import papermill
 from traitlets.config import Config
 
-_get_msg = AsyncZMQSocketChannel.get_msg
-
-async def get_msg(self, timeout=None):
-    while timeout is None:  # a wait for good, in slices: each asks the socket again
-        try:
-            return await _get_msg(self, 1.0)
-        except Empty:
-            continue
-    return await _get_msg(self, timeout)
-
-AsyncZMQSocketChannel.get_msg = get_msg
 papermill.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", cwd=sys.argv[3], progress_bar=False,
                            config=Config({"KernelManager": {"transport": "ipc"}}))
 """
@@ -498,10 +489,8 @@ def papermill_with_widgets(source: Path, target: Path, attempts: int = 3) -> Non
     on this shared machine killed it now and then. And on a busy machine nbclient 0.11 waited
     for good on an execute_reply that had arrived (the kernel had run the cell and was idle):
     jupyter_client's asyncio ``get_msg`` without a timeout polls the socket once, and that poll
-    missed the message (nbclient#312 is the same hang). With both cores busy, every run of
-    Output.ipynb hung so (16 of 16 here, beside the suite or four busy loops); waiting in
-    one-second slices, which poll the socket afresh, none did (5 of 5). The rest of the run is
-    papermill's own. A run that has not ended in 60 s is still made again.
+    missed the message: it waits in slices here (tests/slicedpoll.py says why). The rest of the
+    run is papermill's own. A run that has not ended in 60 s is still made again.
     """
     args = [sys.executable, "-c", _PAPERMILL_IPC, str(source), str(target), str(source.parent)]
     for attempt in range(attempts):
