@@ -37,7 +37,7 @@ os.environ["IPYTHONDIR"] = str(_SCRATCH / "ipython")
 os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
-slicedpoll.install()  # the reference runs (nbclient, papermill) in this process wait in slices
+slicedpoll.install()  # nbclient and papermill in this process wait in slices (tests/slicedpoll.py says why)
 
 START_METHOD = os.environ.get("JSP_TEST_START_METHOD")
 if START_METHOD:  # every pool made in this process, not only make_pool's

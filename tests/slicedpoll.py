@@ -1,12 +1,13 @@
-"""jupyter_client's asyncio ``get_msg``, made to wait in one-second slices, for the reference runs.
+"""jupyter_client's asyncio ``get_msg``, made to wait in one-second slices, for the front ends the suite runs.
 
-The suite compares the pool with nbclient and papermill run directly. Both wait on
-jupyter_client's asyncio channels, and on a busy machine a wait without a timeout now and then
-missed a message that had arrived: ``AsyncZMQSocketChannel.get_msg(timeout=None)`` polls the
-socket once, and that poll missed it (nbclient#312 is the same hang; papermill's run of
-Output.ipynb hung so in 16 of 16 runs with both cores busy). Each slice polls the socket afresh,
-so the reference runs end (5 of 5). The pool's own workers never call ``get_msg``: this changes
-only the peers the suite measures the pool against.
+The suite runs nbclient and papermill: directly, as references, and as the front end of
+notebooks with ``%%pool`` cells. Both wait on jupyter_client's asyncio channels, and on a busy
+machine a wait without a timeout now and then missed a message that had arrived:
+``AsyncZMQSocketChannel.get_msg(timeout=None)`` polls the socket once, and that poll missed it
+(nbclient#312 is the same hang; papermill's run of Output.ipynb hung so in 16 of 16 runs with
+both cores busy). Each slice polls the socket afresh, so the runs end (5 of 5). Only the wait
+for a message that has arrived changes: one that a kernel, a magic or the pool never sent still
+fails its test. The pool's own workers never call ``get_msg``.
 """
 
 from __future__ import annotations
